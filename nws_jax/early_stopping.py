@@ -1,0 +1,83 @@
+"""Per-model early stopping of PROTOCOL §3, vectorised over a zoo's models axis.
+
+Judged once per epoch on validation accuracy, never before `min_epochs` (20 in the study):
+stop after `patience_fall` (5) consecutive epochs of falling accuracy, or once accuracy has been
+below its running value (smoothed 0.5/0.5 exponentially) in `patience_below` (30) epochs, or
+after `patience_same` (30) consecutive epochs of unchanged accuracy. Training also ends at
+`max_epochs`. Counters run from the first epoch; only the decision waits for `min_epochs`. The
+"below its running value" count is cumulative (the protocol calls only the other two
+consecutive); the comparison is against the smoothed value before this epoch enters it.
+
+All functions are pure numpy/jax-agnostic array code over [models] arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import numpy as np
+
+RUNNING, EARLY_STOPPED, EPOCH_CAP = 0, 1, 2
+STATUS_NAMES = ('running', 'early_stopped', 'epoch_cap')
+
+
+@dataclasses.dataclass(frozen=True)
+class StoppingRules:
+  min_epochs: int = 20
+  max_epochs: int = 1000
+  patience_fall: int = 5
+  patience_below: int = 30
+  patience_same: int = 30
+  smoothing: float = 0.5
+
+  def __post_init__(self):
+    if self.max_epochs < 1:
+      raise ValueError(f'max_epochs must be at least 1, got {self.max_epochs}')
+    if self.min_epochs < 0 or self.min_epochs > self.max_epochs:
+      raise ValueError(f'min_epochs must be in [0, max_epochs={self.max_epochs}], '
+                       f'got {self.min_epochs}')
+
+
+class StoppingState(NamedTuple):
+  """Per-model counters, each an array [models]."""
+  previous: np.ndarray   # float64, last epoch's validation accuracy (NaN before the first)
+  smoothed: np.ndarray   # float64, running smoothed accuracy (NaN before the first)
+  n_fall: np.ndarray     # int, consecutive epochs of falling accuracy
+  n_below: np.ndarray    # int, epochs with accuracy below the smoothed value
+  n_same: np.ndarray     # int, consecutive epochs of unchanged accuracy
+  status: np.ndarray     # int, RUNNING / EARLY_STOPPED / EPOCH_CAP
+  epochs: np.ndarray     # int, epochs trained
+
+
+def initial_state(num_models: int) -> StoppingState:
+  nan = np.full(num_models, np.nan)
+  zeros = np.zeros(num_models, np.int64)
+  return StoppingState(nan, nan.copy(), zeros, zeros.copy(), zeros.copy(), zeros.copy(),
+                       zeros.copy())
+
+
+def update(state: StoppingState, valid_accuracy: np.ndarray,
+           rules: StoppingRules) -> StoppingState:
+  """Takes one finished epoch's validation accuracies [models] (fractions).
+
+  Models already stopped are left exactly as they were; `epochs` counts the epochs each running
+  model has now trained.
+  """
+  acc = np.asarray(valid_accuracy, np.float64)
+  running = state.status == RUNNING
+  epochs = state.epochs + running
+  first = np.isnan(state.previous)
+  fell = ~first & (acc < state.previous)
+  same = ~first & (acc == state.previous)
+  below = ~first & (acc < state.smoothed)
+  n_fall = np.where(fell, state.n_fall + 1, 0)
+  n_same = np.where(same, state.n_same + 1, 0)
+  n_below = state.n_below + below
+  smoothed = np.where(first, acc, rules.smoothing * state.smoothed + (1 - rules.smoothing) * acc)
+  judged = epochs >= rules.min_epochs
+  stop = judged & ((n_fall >= rules.patience_fall) | (n_below >= rules.patience_below)
+                   | (n_same >= rules.patience_same))
+  status = np.where(stop, EARLY_STOPPED, np.where(epochs >= rules.max_epochs, EPOCH_CAP, RUNNING))
+  new = StoppingState(acc, smoothed, n_fall, n_below, n_same, status, epochs)
+  return StoppingState(*(np.where(running, n, o) for n, o in zip(new, state)))

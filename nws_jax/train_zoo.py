@@ -1,0 +1,92 @@
+r"""Trains a zoo of NWS CNNs in one vectorised program and saves its snapshots.
+
+  python -m nws_jax.train_zoo --workdir=/tmp/zoo --num_models=8 --seed=0
+
+Each model draws its training variations (PROTOCOL §1) from the seed; all train together; the
+workdir gets config.json, models.csv, curves.csv and the Orbax snapshots ([models, 20, n]).
+Exit code 2 for bad flags, an unknown or unprepared dataset, or a workdir that is not empty
+(unless --resume or --overwrite).
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from nws_jax import datasets as datasets_lib
+
+FLAGS = flags.FLAGS
+_DEFAULTS_NOTE = 'default: the offline datasets ' + ','.join(datasets_lib.OFFLINE_NAMES)
+
+flags.DEFINE_string('workdir', None, 'Directory of the zoo (created; must be empty).')
+flags.DEFINE_integer('num_models', 8, 'Number of models in the zoo.')
+flags.DEFINE_integer('seed', 0, 'Seed of the zoo: configurations, initialisation, data order.')
+flags.DEFINE_list('datasets', list(datasets_lib.OFFLINE_NAMES),
+                  'Datasets to draw from, comma-separated, among: '
+                  + ','.join(datasets_lib.ALL_NAMES) + f' ({_DEFAULTS_NOTE}).')
+flags.DEFINE_string('architecture', 'fixed', "Architecture mode: 'fixed' (nws_fixed).")
+flags.DEFINE_integer('max_epochs', 30, 'Epoch cap (the study: 1000).')
+flags.DEFINE_integer('min_epochs', 10, 'No early stopping before this epoch (the study: 20).')
+flags.DEFINE_integer('num_train', None,
+                     'Training examples per dataset before the 90/10 validation split '
+                     '(default: the dataset\'s own size; offline generated sets: 6000).')
+flags.DEFINE_integer('num_test', None, 'Test examples per dataset (default: all).')
+flags.DEFINE_integer('eval_size', 1000,
+                     'Cap on the examples of each evaluation set (validation, test, training '
+                     'accuracy) per epoch; 0 means no cap.')
+flags.DEFINE_integer('num_snapshots', 20, 'Snapshots kept per model (the study: 20).')
+flags.DEFINE_enum('conv_impl', 'auto', ['auto', 'im2col', 'lax'],
+                  'Convolution formulation; auto picks the measured best for the backend.')
+flags.DEFINE_integer('steps_per_call', 64, 'Training steps per compiled call.')
+flags.DEFINE_string('data_dir', None, 'TFDS data directory of prepared datasets.')
+flags.DEFINE_bool('resume', False, 'Continue the zoo in a non-empty workdir from its last epoch.')
+flags.DEFINE_bool('overwrite', False, 'Delete a non-empty workdir and start again.')
+flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+
+
+def _fail(message: str) -> None:
+  print(f'train_zoo: error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def summary(zoo) -> str:
+  """The end-of-run table: per dataset, models, epochs and accuracies (mean over models)."""
+  t = zoo.table
+  lines = [f'{"dataset":<10} {"models":>6} {"epochs":>7} {"train":>7} {"valid":>7} {"test":>7}'
+           f' {"failed":>6}']
+  for name, g in list(t.groupby('dataset', sort=False)) + [('all', t)]:
+    lines.append(f'{name:<10} {len(g):>6} {g.epochs.mean():>7.1f} {g.train_accuracy.mean():>7.3f}'
+                 f' {g.valid_accuracy.mean():>7.3f} {g.test_accuracy.mean():>7.3f}'
+                 f' {int(g.failed.sum()):>6}')
+  lines.append('(accuracies are fractions; chance is 0.100)')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    _fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not FLAGS.workdir:
+    _fail('--workdir is required')
+  # Imported here so that --help and flag errors stay fast.
+  from nws_jax import zoo_builder
+
+  config = zoo_builder.ZooConfig(
+      num_models=FLAGS.num_models, seed=FLAGS.seed, datasets=tuple(FLAGS.datasets),
+      architecture=FLAGS.architecture, max_epochs=FLAGS.max_epochs, min_epochs=FLAGS.min_epochs,
+      num_train=FLAGS.num_train, num_test=FLAGS.num_test,
+      eval_size=FLAGS.eval_size or None, num_snapshots=FLAGS.num_snapshots,
+      conv_impl=FLAGS.conv_impl, steps_per_call=FLAGS.steps_per_call, data_dir=FLAGS.data_dir)
+  try:
+    config.validate()
+    zoo = zoo_builder.build_zoo(config, FLAGS.workdir, resume=FLAGS.resume,
+                                overwrite=FLAGS.overwrite, progress=FLAGS.progress)
+  except (ValueError, zoo_builder.WorkdirError) as e:
+    _fail(str(e))
+  logging.info('zoo written to %s', FLAGS.workdir)
+  print(summary(zoo))
+  print(f'snapshots {zoo.snapshots.shape} float32 in {FLAGS.workdir}')
+
+
+if __name__ == '__main__':
+  app.run(main)

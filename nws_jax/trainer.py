@@ -1,0 +1,417 @@
+"""The vectorised zoo trainer: every model of a zoo advances in lockstep in compiled programs.
+
+The single-model functions (`init_model`, `train_steps`, `evaluate_model`) are written for one
+model and lifted with `jax.vmap` over a leading models axis. Every per-model choice that keeps
+shapes equal (dataset, learning rate, optimizer, activation, initialisation, augmentation, RNG)
+is data on that axis. What changes shapes (batch size now, architecture later) splits the zoo
+into groups; each group is one compiled training program, `lax.scan` over `steps_per_call`
+steps, called a few times per epoch by a thin host loop. Evaluation and snapshot export run on
+all models at once.
+
+A model's randomness derives from (seed, model_id) alone, and a model that needs fewer steps
+than its group's longest in an epoch, or has stopped, is masked (its state is left exactly as
+it was), so a model trains identically alone or inside any zoo.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import os
+import time
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nws_jax import augment
+from nws_jax import cnn
+from nws_jax import early_stopping
+from nws_jax import input_pipeline
+from nws_jax import optim
+from nws_jax import space
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """How a zoo trains (the per-model variations live in `space.ModelConfig`).
+
+  seed: the zoo's seed (model keys fold in the model id).
+  rules: early stopping and the epoch cap/minimum (PROTOCOL §3).
+  conv_impl: 'im2col', 'lax' or 'auto' (the measured best for the backend, see BENCHMARKS.md).
+  steps_per_call: training steps per compiled call (host round trips per epoch ~ steps / this).
+  eval_batch_size: examples per evaluation chunk.
+  """
+  seed: int = 0
+  rules: early_stopping.StoppingRules = early_stopping.StoppingRules()
+  conv_impl: str = 'auto'
+  steps_per_call: int = 64
+  eval_batch_size: int = 500
+  augment: augment.AugmentConfig = augment.AugmentConfig()
+
+
+def default_conv_impl(backend: str | None = None) -> str:
+  """The convolution formulation measured fastest under vmap on `backend` (BENCHMARKS.md)."""
+  backend = backend or jax.default_backend()
+  return 'im2col' if backend == 'cpu' else 'lax'
+
+
+class ModelState(NamedTuple):
+  """One model's training state (a leading models axis when vmapped)."""
+  params: cnn.Params
+  stats: cnn.Stats
+  opt: optim.OptState
+
+
+class Hyper(NamedTuple):
+  """One model's variations as arrays (a leading models axis when vmapped)."""
+  key: jax.Array            # uint32 [2], the model's root key: fold_in(PRNGKey(seed), model_id)
+  dataset: jax.Array        # int32, index into the zoo's stacked datasets
+  lrate: jax.Array          # float32
+  optimizer: jax.Array      # int32, optim.ADAM / RMSPROP / MOMENTUM
+  activation: jax.Array     # int32, index into space.ACTIVATIONS
+  initialization: jax.Array  # int32, index into space.INITIALIZATIONS
+  augmentation: jax.Array   # bool
+  steps_per_epoch: jax.Array  # int32, balanced examples of its dataset // its batch size
+
+
+def model_key(seed: int, model_id: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.PRNGKey(seed), model_id)
+
+
+def init_model(hp: Hyper, arch: cnn.Architecture) -> ModelState:
+  """A fresh model: weights by its initialisation scheme, zero biases, optimizer state."""
+  params, stats = cnn.init(jax.random.fold_in(hp.key, 0), arch, hp.initialization)
+  return ModelState(params, stats, optim.init(params))
+
+
+def epoch_keys(hp: Hyper, epoch: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(order key, per-step root key) of a model's epoch (1-based)."""
+  epoch_key = jax.random.fold_in(jax.random.fold_in(hp.key, 1), epoch)
+  order_key, step_root = jax.random.split(epoch_key)
+  return order_key, step_root
+
+
+def epoch_order(hp: Hyper, epoch: jax.Array, data: input_pipeline.ZooData) -> jax.Array:
+  """A model's class-balanced shuffled order of its dataset's training rows: int32 [N]."""
+  order_key, _ = epoch_keys(hp, epoch)
+  return input_pipeline.balanced_order(order_key, data.train_labels[hp.dataset])
+
+
+def train_steps(state: ModelState, hp: Hyper, order: jax.Array, active: jax.Array,
+                epoch: jax.Array, start_step: jax.Array, data: input_pipeline.ZooData, *,
+                arch: cnn.Architecture, batch_size: int, num_steps: int, conv_impl: str,
+                augment_config: augment.AugmentConfig):
+  """Steps start_step … start_step + num_steps - 1 of one model's epoch.
+
+  order: int32 [N] from `epoch_order`; active: bool, False for a stopped model. Steps at or past
+  the model's `steps_per_epoch`, and every step of an inactive model, leave its state unchanged.
+  Returns (state, metrics) with metrics = (summed batch-mean loss, correct predictions, live
+  steps), float32 scalars, measured on the training batches as trained (augmented, dropout).
+  """
+  _, step_root = epoch_keys(hp, epoch)
+
+  def one_step(carry, i):
+    state, loss_sum, correct, seen = carry
+    step = start_step + i
+    live = active & (step < hp.steps_per_epoch)
+    rows = jax.lax.dynamic_slice(order, (step * batch_size,), (batch_size,))
+    images = data.train_images[hp.dataset, rows].astype(jnp.float32) / 255.0
+    labels = data.train_labels[hp.dataset, rows]
+    aug_key, dropout_key = jax.random.split(jax.random.fold_in(step_root, step))
+    images = augment.maybe_augment(aug_key, images, hp.augmentation, augment_config)
+
+    def loss_fn(params):
+      logits, new_stats = cnn.apply(params, state.stats, images, hp.activation, arch=arch,
+                                    train=True, dropout_key=dropout_key, conv_impl=conv_impl)
+      return cnn.cross_entropy(logits, labels), (new_stats, logits)
+
+    (loss, (new_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    new_params, new_opt = optim.update(grads, state.opt, state.params, hp.optimizer, hp.lrate)
+    new_state = ModelState(new_params, new_stats, new_opt)
+    state = jax.tree.map(lambda n, o: jnp.where(live, n, o), new_state, state)
+    hits = (jnp.argmax(logits, axis=-1) == labels).sum()
+    live_f = live.astype(jnp.float32)
+    return (state, loss_sum + live_f * loss, correct + live_f * hits, seen + live_f), None
+
+  zero = jnp.zeros((), jnp.float32)
+  (state, loss_sum, correct, seen), _ = jax.lax.scan(
+      one_step, (state, zero, zero, zero), jnp.arange(num_steps))
+  return state, (loss_sum, correct, seen)
+
+
+def evaluate_model(state: ModelState, hp: Hyper, data: input_pipeline.ZooData,
+                   eval_set: int, *, arch: cnn.Architecture, batch_size: int,
+                   conv_impl: str) -> jax.Array:
+  """Accuracy (fraction) of one model on eval set `eval_set` (0 train, 1 valid, 2 test) of its
+  dataset, with batch-norm moving averages and no dropout."""
+  images_all = data.eval_images[eval_set]
+  labels_all = data.eval_labels[eval_set]
+  n = labels_all.shape[1]
+  num_chunks = -(-n // batch_size)
+
+  def chunk(correct, c):
+    start = jnp.minimum(c * batch_size, n - batch_size) if n >= batch_size else 0
+    size = min(batch_size, n)
+    images = jax.lax.dynamic_slice(images_all, (hp.dataset, start, 0, 0, 0),
+                                   (1, size) + images_all.shape[2:])[0]
+    labels = jax.lax.dynamic_slice(labels_all, (hp.dataset, start), (1, size))[0]
+    # The last chunk is shifted back to stay in bounds; rows already counted are masked.
+    fresh = jnp.arange(size) + start >= c * batch_size
+    logits, _ = cnn.apply(state.params, state.stats, images.astype(jnp.float32) / 255.0,
+                          hp.activation, arch=arch, train=False, conv_impl=conv_impl)
+    hits = (jnp.argmax(logits, axis=-1) == labels) & (labels >= 0) & fresh
+    return correct + hits.sum(), None
+
+  correct, _ = jax.lax.scan(chunk, jnp.zeros((), jnp.int32), jnp.arange(num_chunks))
+  total = (labels_all[hp.dataset] >= 0).sum()
+  return correct / jnp.maximum(total, 1)
+
+
+def _stack_trees(trees):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _concat_trees(trees):
+  return jax.tree.map(lambda *xs: jnp.concatenate(xs), *trees)
+
+
+# Compiled programs are built once per static signature and shared by all trainers of a process,
+# so that JAX's compilation cache serves every zoo (and every single-model run) with that shape.
+
+@functools.lru_cache(maxsize=None)
+def _train_program(arch, batch_size, num_steps, conv_impl, augment_config):
+  step_fn = functools.partial(train_steps, arch=arch, batch_size=batch_size,
+                              num_steps=num_steps, conv_impl=conv_impl,
+                              augment_config=augment_config)
+  return num_steps, jax.jit(jax.vmap(step_fn, in_axes=(0, 0, 0, 0, None, None, None)),
+                            donate_argnums=(0,))
+
+
+@functools.lru_cache(maxsize=None)
+def _init_program(arch):
+  init_group = jax.vmap(functools.partial(init_model, arch=arch))
+  return jax.jit(lambda hypers: [init_group(h) for h in hypers])
+
+
+@functools.lru_cache(maxsize=None)
+def _eval_program(arch, batch_size, conv_impl):
+  eval_one = functools.partial(evaluate_model, arch=arch, batch_size=batch_size,
+                               conv_impl=conv_impl)
+
+  def eval_all(states, hypers, data, unsort):
+    """Accuracy [models, 3] of all groups' models, zoo order."""
+    state, hyper = _concat_trees(states), _concat_trees(hypers)
+    per_set = [jax.vmap(eval_one, in_axes=(0, 0, None, None))(state, hyper, data, k)
+               for k in range(len(input_pipeline.EVAL_SETS))]
+    return jnp.stack(per_set, axis=1)[unsort]
+
+  return jax.jit(eval_all)
+
+
+@functools.lru_cache(maxsize=None)
+def _flatten_program(arch):
+  def flatten_all(states, unsort):
+    """Snapshot vectors [models, n] of all groups' models, zoo order."""
+    state = _concat_trees(states)
+    return jax.vmap(lambda s: cnn.flatten(s.params, s.stats, arch))(state)[unsort]
+
+  return jax.jit(flatten_all)
+
+
+_order_program = jax.jit(jax.vmap(epoch_order, in_axes=(0, None, None)))
+
+
+@dataclasses.dataclass
+class Group:
+  """Models sharing one compiled training program: same architecture and batch size."""
+  arch: cnn.Architecture
+  batch_size: int
+  members: np.ndarray       # int [Mg], positions in the zoo
+  hyper: Hyper              # arrays [Mg, ...]
+  max_steps: int            # the longest epoch of a member, in steps
+
+
+class ZooTrainer:
+  """Trains the models `configs` (ids `model_ids`) of a zoo on `data` in lockstep.
+
+  The state of a zoo is a list with one `ModelState` per group (leading axis: the group's
+  members). `run_epoch`, `evaluate` and `export` take and return that list.
+  """
+
+  def __init__(self, configs: Sequence[space.ModelConfig], model_ids: Sequence[int],
+               data: input_pipeline.ZooData, dataset_names: Sequence[str],
+               balanced_sizes: Sequence[int], cfg: TrainConfig):
+    if len(configs) != len(model_ids):
+      raise ValueError('configs and model_ids differ in length')
+    self.configs = list(configs)
+    self.model_ids = np.asarray(model_ids)
+    self.data = data
+    self.cfg = cfg
+    self.conv_impl = default_conv_impl() if cfg.conv_impl == 'auto' else cfg.conv_impl
+    if self.conv_impl not in cnn.CONV_IMPLS:
+      raise ValueError(f'unknown conv_impl {cfg.conv_impl!r}')
+    index = {name: i for i, name in enumerate(dataset_names)}
+    keys = {}
+    for pos, c in enumerate(self.configs):
+      if c.dataset not in index:
+        raise ValueError(f'model {model_ids[pos]} uses dataset {c.dataset!r}, not in the zoo data')
+      arch = cnn.Architecture(*c.architecture)
+      keys.setdefault((arch, c.batch_size), []).append(pos)
+    self.groups = []
+    for (arch, batch_size), members in sorted(keys.items(), key=lambda kv: kv[0][1]):
+      hyper = []
+      for pos in members:
+        c = self.configs[pos]
+        steps = balanced_sizes[index[c.dataset]] // batch_size
+        if steps < 1:
+          raise ValueError(f'dataset {c.dataset!r} has fewer balanced training examples than '
+                           f'batch size {batch_size}')
+        hyper.append(Hyper(
+            key=model_key(cfg.seed, int(self.model_ids[pos])),
+            dataset=jnp.int32(index[c.dataset]), lrate=jnp.float32(c.lrate),
+            optimizer=jnp.int32(c.optimizer), activation=jnp.int32(c.activation),
+            initialization=jnp.int32(c.initialization),
+            augmentation=jnp.bool_(c.augmentation), steps_per_epoch=jnp.int32(steps)))
+      hyper = _stack_trees(hyper)
+      self.groups.append(Group(arch, batch_size, np.asarray(members), hyper,
+                               int(hyper.steps_per_epoch.max())))
+    # Positions in the concatenation of the groups -> zoo order.
+    self._unsort = np.argsort(np.concatenate([g.members for g in self.groups]))
+    self.weight_counts = [cnn.weight_counts(cnn.Architecture(*c.architecture))
+                          for c in self.configs]
+    self._unsort = jnp.asarray(self._unsort)
+    self._compile()
+
+  @property
+  def num_models(self) -> int:
+    return len(self.configs)
+
+  def _compile(self):
+    cfg = self.cfg
+    self._train = {id(g): _train_program(g.arch, g.batch_size,
+                                         min(cfg.steps_per_call, g.max_steps), self.conv_impl,
+                                         cfg.augment) for g in self.groups}
+    (arch,) = {g.arch for g in self.groups}  # Mixed architectures come with their own issue.
+    self.arch = arch
+    self._init = _init_program(arch)
+    self._eval_all = _eval_program(arch, cfg.eval_batch_size, self.conv_impl)
+    self._flatten_all = _flatten_program(arch)
+
+  def init_state(self) -> list[ModelState]:
+    """Fresh states of all models, one `ModelState` per group (one compiled program)."""
+    return self._init([g.hyper for g in self.groups])
+
+  def warm_up(self, state: list[ModelState]) -> float:
+    """Compiles every group's training program concurrently (XLA compiles one program per
+    thread); returns the seconds it took. Optional: the first epoch compiles otherwise."""
+    t0 = time.time()
+
+    def compile_group(g, s):
+      _, train = self._train[id(g)]
+      active = jnp.ones(len(g.members), bool)
+      lowered = train.lower(s, g.hyper, jnp.zeros((len(g.members),) + self.data.train_labels.shape[1:],
+                                                  jnp.int32),
+                            active, jnp.int32(1), jnp.int32(0), self.data)
+      lowered.compile()  # Fills JAX's compilation cache; later calls of `train` hit it.
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+      list(pool.map(lambda a: compile_group(*a), zip(self.groups, state)))
+    return time.time() - t0
+
+  def run_epoch(self, state: list[ModelState], epoch: int, active: np.ndarray,
+                on_chunk: Callable[[], None] | None = None):
+    """Trains epoch `epoch` (1-based) of the models with active[zoo position] True.
+
+    Returns (state, train metrics [models, 3]: summed batch loss, correct, live steps).
+    """
+    new_state, metrics = [], np.zeros((self.num_models, 3))
+    for g, s in zip(self.groups, state):
+      num_steps, train = self._train[id(g)]
+      order = _order_program(g.hyper, jnp.int32(epoch), self.data)
+      act = jnp.asarray(active[g.members])
+      sums = []
+      for start in range(0, g.max_steps, num_steps):
+        s, m = train(s, g.hyper, order, act, jnp.int32(epoch), jnp.int32(start), self.data)
+        sums.append(m)
+        if on_chunk is not None:
+          on_chunk()
+      metrics[g.members] = np.sum([np.stack([np.asarray(x) for x in m], axis=1) for m in sums],
+                                  axis=0)
+      new_state.append(s)
+    return new_state, metrics
+
+  def evaluate(self, state: list[ModelState]) -> np.ndarray:
+    """Accuracy [models, 3] on the train subset, validation and test sets (fractions)."""
+    return np.asarray(self._eval_all(state, [g.hyper for g in self.groups], self.data,
+                                     self._unsort))
+
+  def export(self, state: list[ModelState]) -> jax.Array:
+    """Snapshot vectors of all models [models, n] float32, in zoo order."""
+    return self._flatten_all(state, self._unsort)
+
+
+class TrainResult(NamedTuple):
+  state: list            # final ModelState per group
+  stopping: early_stopping.StoppingState  # per model: status, epochs, …
+  curves: np.ndarray     # [models, max_epochs + 1, 3] accuracy (train, valid, test), NaN after stop
+  losses: np.ndarray     # [models, max_epochs + 1] mean training loss per epoch (NaN at 0)
+  seconds: float
+
+
+def train(trainer: ZooTrainer, *, state=None, start_epoch: int = 0, stopping=None, curves=None,
+          losses=None, on_export: Callable[[int, jax.Array], None] | None = None,
+          on_epoch: Callable[[int, object], None] | None = None,
+          progress: bool = False) -> TrainResult:
+  """The host loop: epochs until every model stopped, exporting at every epoch boundary.
+
+  on_export(step, weights [models, n]) receives the initialisation (step 0) and every epoch's
+  weights; on_epoch(epoch, TrainResult so far) is called after each epoch (checkpointing).
+  A run resumes from (state, start_epoch, stopping, curves, losses) of an earlier on_epoch.
+  """
+  rules = trainer.cfg.rules
+  m = trainer.num_models
+  t0 = time.time()
+  if state is None:
+    state = trainer.init_state()
+    trainer.warm_up(state)
+    stopping = early_stopping.initial_state(m)
+    curves = np.full((m, rules.max_epochs + 1, 3), np.nan)
+    losses = np.full((m, rules.max_epochs + 1), np.nan)
+    curves[:, 0] = trainer.evaluate(state)
+    if on_export is not None:
+      on_export(0, trainer.export(state))
+  bar = None
+  if progress:
+    from tqdm import tqdm
+    if start_epoch:
+      trainer.warm_up(state)
+    bar = tqdm(total=rules.max_epochs, initial=start_epoch, unit='epoch', dynamic_ncols=True)
+  try:
+    epoch = start_epoch
+    while epoch < rules.max_epochs and (stopping.status == early_stopping.RUNNING).any():
+      epoch += 1
+      active = stopping.status == early_stopping.RUNNING
+      state, metrics = trainer.run_epoch(state, epoch, active)
+      acc = trainer.evaluate(state)
+      curves[active, epoch] = acc[active]
+      losses[active, epoch] = metrics[active, 0] / np.maximum(metrics[active, 2], 1)
+      stopping = early_stopping.update(stopping, acc[:, 1], rules)
+      if on_export is not None:
+        on_export(epoch, trainer.export(state))
+      if on_epoch is not None:
+        on_epoch(epoch, TrainResult(state, stopping, curves, losses, time.time() - t0))
+      if bar is not None:
+        done = int((stopping.status != early_stopping.RUNNING).sum())
+        bar.set_postfix_str(f'models done {done}/{m}, mean valid acc '
+                            f'{np.nanmean(acc[active, 1]):.3f}')
+        bar.update(1)
+        if done == m:
+          bar.total = epoch
+          bar.refresh()
+  finally:
+    if bar is not None:
+      bar.close()
+  return TrainResult(state, stopping, curves, losses, time.time() - t0)
