@@ -26,13 +26,13 @@ flags.DEFINE_list('datasets', list(datasets_lib.OFFLINE_NAMES),
                   'Datasets to draw from, comma-separated, among: '
                   + ','.join(datasets_lib.ALL_NAMES) + f' ({_DEFAULTS_NOTE}).')
 flags.DEFINE_string('architecture', 'fixed', "Architecture mode: 'fixed' (nws_fixed).")
-flags.DEFINE_integer('max_epochs', 30, 'Epoch cap (the study: 1000).')
-flags.DEFINE_integer('min_epochs', 10, 'No early stopping before this epoch (the study: 20).')
-flags.DEFINE_integer('num_train', None,
-                     'Training examples per dataset before the 90/10 validation split '
-                     '(default: the dataset\'s own size; offline generated sets: 6000).')
+flags.DEFINE_integer('max_epochs', 8, 'Epoch cap (the study: 1000).')
+flags.DEFINE_integer('min_epochs', 4, 'No early stopping before this epoch (the study: 20).')
+flags.DEFINE_integer('num_train', 3000,
+                     'Training examples per dataset before the 90/10 validation split, at most '
+                     'what the dataset has; 0 means all (the study).')
 flags.DEFINE_integer('num_test', None, 'Test examples per dataset (default: all).')
-flags.DEFINE_integer('eval_size', 1000,
+flags.DEFINE_integer('eval_size', 300,
                      'Cap on the examples of each evaluation set (validation, test, training '
                      'accuracy) per epoch; 0 means no cap.')
 flags.DEFINE_integer('num_snapshots', 20, 'Snapshots kept per model (the study: 20).')
@@ -53,13 +53,22 @@ def _fail(message: str) -> None:
 def summary(zoo) -> str:
   """The end-of-run table: per dataset, models, epochs and accuracies (mean over models)."""
   t = zoo.table
-  lines = [f'{"dataset":<10} {"models":>6} {"epochs":>7} {"train":>7} {"valid":>7} {"test":>7}'
+  from nws_jax import space
+
+  lines = [f'{"":<24} {"models":>6} {"epochs":>7} {"train":>7} {"valid":>7} {"test":>7}'
            f' {"failed":>6}']
-  for name, g in list(t.groupby('dataset', sort=False)) + [('all', t)]:
-    lines.append(f'{name:<10} {len(g):>6} {g.epochs.mean():>7.1f} {g.train_accuracy.mean():>7.3f}'
+
+  def row(name, g):
+    lines.append(f'{name:<24} {len(g):>6} {g.epochs.mean():>7.1f} {g.train_accuracy.mean():>7.3f}'
                  f' {g.valid_accuracy.mean():>7.3f} {g.test_accuracy.mean():>7.3f}'
                  f' {int(g.failed.sum()):>6}')
-  lines.append('(accuracies are fractions; chance is 0.100)')
+
+  for name, g in t.groupby('dataset', sort=True):
+    row(f'dataset={name}', g)
+  for code, g in t.groupby('initialization', sort=True):
+    row(f'initialization={space.INITIALIZATIONS[code]}', g)
+  row('all', t)
+  lines.append('(mean test/valid/train accuracy, fractions; chance is 0.100; failed: test < 0.15)')
   return '\n'.join(lines)
 
 
@@ -68,13 +77,15 @@ def main(argv):
     _fail(f'unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS.workdir:
     _fail('--workdir is required')
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   # Imported here so that --help and flag errors stay fast.
   from nws_jax import zoo_builder
 
   config = zoo_builder.ZooConfig(
       num_models=FLAGS.num_models, seed=FLAGS.seed, datasets=tuple(FLAGS.datasets),
       architecture=FLAGS.architecture, max_epochs=FLAGS.max_epochs, min_epochs=FLAGS.min_epochs,
-      num_train=FLAGS.num_train, num_test=FLAGS.num_test,
+      num_train=FLAGS.num_train or None, num_test=FLAGS.num_test,
       eval_size=FLAGS.eval_size or None, num_snapshots=FLAGS.num_snapshots,
       conv_impl=FLAGS.conv_impl, steps_per_call=FLAGS.steps_per_call, data_dir=FLAGS.data_dir)
   try:

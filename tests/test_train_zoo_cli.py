@@ -1,0 +1,68 @@
+"""The train_zoo command line: errors exit 2 with one line and touch nothing."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args):
+  return subprocess.run([sys.executable, '-m', 'nws_jax.train_zoo', *args],
+                        capture_output=True, text=True, timeout=300)
+
+
+def error_line(result):
+  lines = [l for l in result.stderr.splitlines() if l.startswith('train_zoo: error:')]
+  assert len(lines) == 1, result.stderr
+  return lines[0]
+
+
+def test_unknown_dataset_exits_2_and_creates_nothing(tmp_path):
+  workdir = tmp_path / 'zoo'
+  result = run_cli(f'--workdir={workdir}', '--datasets=digits,imagenet')
+  assert result.returncode == 2
+  assert "unknown dataset 'imagenet'" in error_line(result)
+  assert not workdir.exists()
+
+
+def test_non_empty_workdir_is_refused_and_left_untouched(tmp_path):
+  (tmp_path / 'notes.txt').write_text('keep me')
+  result = run_cli(f'--workdir={tmp_path}', '--num_models=1')
+  assert result.returncode == 2
+  assert 'not empty' in error_line(result)
+  assert os.listdir(tmp_path) == ['notes.txt']
+  assert (tmp_path / 'notes.txt').read_text() == 'keep me'
+
+
+def test_resume_without_a_zoo_is_refused(tmp_path):
+  (tmp_path / 'notes.txt').write_text('keep me')
+  result = run_cli(f'--workdir={tmp_path}', '--resume')
+  assert result.returncode == 2
+  assert 'cannot resume' in error_line(result)
+  assert os.listdir(tmp_path) == ['notes.txt']
+
+
+def test_unprepared_tfds_dataset_exits_2_naming_it(tmp_path):
+  workdir = tmp_path / 'zoo'
+  result = run_cli(f'--workdir={workdir}', '--datasets=svhn', f'--data_dir={tmp_path}/tfds')
+  assert result.returncode == 2
+  assert 'svhn' in error_line(result)
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize('flag,message', [
+    ('--architecture=random', 'unknown architecture'),
+    ('--num_models=0', 'num_models'),
+    ('--min_epochs=50', 'min_epochs'),
+])
+def test_bad_options_exit_2(tmp_path, flag, message):
+  result = run_cli(f'--workdir={tmp_path}/zoo', flag)
+  assert result.returncode == 2
+  assert message in error_line(result)
+
+
+def test_missing_workdir_flag_exits_2():
+  result = run_cli()
+  assert result.returncode == 2
+  assert '--workdir' in error_line(result)
