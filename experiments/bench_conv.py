@@ -26,6 +26,7 @@ _NUM_MODELS = flags.DEFINE_integer('num_models', 32, 'Models in the zoo.')
 _IMPLS = flags.DEFINE_list('impls', ['im2col', 'lax'], 'Conv formulations to measure.')
 _STEPS = flags.DEFINE_integer('steps', 16, 'Training steps timed per program call.')
 _BATCH = flags.DEFINE_integer('batch_size', 64, 'Batch size of every model.')
+_CHUNKS = flags.DEFINE_list('models_per_chunk', ['0'], 'Models vmapped at once (0: all).')
 _LOOP_MODELS = flags.DEFINE_integer('loop_models', 8,
                                     'Models timed in the per-model loop (rate extrapolates).')
 
@@ -49,8 +50,10 @@ def main(_):
   steps = sizes[0] // _BATCH.value
   configs = [dataclasses.replace(c, dataset='gratings', batch_size=_BATCH.value)
              for c in space.sample_zoo(0, _NUM_MODELS.value, ['gratings'])]
-  for impl in _IMPLS.value:
-    cfg = trainer_lib.TrainConfig(conv_impl=impl, steps_per_call=steps)
+  for impl, chunk in [(i, int(c)) for i in _IMPLS.value for c in _CHUNKS.value]:
+    chunk = chunk or len(configs)
+    cfg = trainer_lib.TrainConfig(conv_impl=impl, steps_per_call=steps,
+                                  train_models_per_chunk=chunk)
     zoo = trainer_lib.ZooTrainer(configs, range(len(configs)), data, ['gratings'], sizes, cfg)
     t_zoo = _time_epoch(zoo, zoo.init_state())
     n_loop = min(_LOOP_MODELS.value, len(configs))
@@ -60,7 +63,7 @@ def main(_):
       t_loop += _time_epoch(single, single.init_state())
     vec = len(configs) * steps / t_zoo
     loop = n_loop * steps / t_loop
-    print(json.dumps({'impl': impl, 'n_models': len(configs), 'batch_size': _BATCH.value,
+    print(json.dumps({'impl': impl, 'models_per_chunk': chunk, 'n_models': len(configs), 'batch_size': _BATCH.value,
                       'steps': steps, 'vectorised_model_steps_per_s': round(vec, 2),
                       'loop_model_steps_per_s': round(loop, 2), 'ratio': round(vec / loop, 3),
                       'images_per_s': round(vec * _BATCH.value, 1),

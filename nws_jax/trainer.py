@@ -44,12 +44,15 @@ class TrainConfig:
   steps_per_call: training steps per compiled call (host round trips per epoch ~ steps / this).
   eval_batch_size: examples per evaluation chunk.
   eval_models_per_chunk: models evaluated at once (bounds evaluation memory).
+  train_models_per_chunk: models of a group vmapped at once in training, the chunks run in
+    sequence (None: the measured best for the backend, `default_models_per_chunk`).
   """
   seed: int = 0
   rules: early_stopping.StoppingRules = early_stopping.StoppingRules()
   conv_impl: str = 'auto'
   steps_per_call: int = 64
   eval_batch_size: int = 250
+  train_models_per_chunk: int | None = None
   eval_models_per_chunk: int = 32
   augment: augment.AugmentConfig = augment.AugmentConfig()
 
@@ -63,6 +66,16 @@ def default_conv_impl(backend: str | None = None) -> str:
   """
   del backend
   return 'im2col'
+
+
+def default_models_per_chunk(backend: str | None = None) -> int:
+  """Models vmapped at once in a training program (BENCHMARKS.md): the CPU is memory-bound and
+  runs small chunks best; a GPU wants every model of a group in one vmap."""
+  backend = backend or jax.default_backend()
+  return MODELS_PER_CHUNK_CPU if backend == 'cpu' else 1 << 30
+
+
+MODELS_PER_CHUNK_CPU = 8
 
 
 class ModelState(NamedTuple):
@@ -189,12 +202,18 @@ def _concat_trees(trees):
 # so that JAX's compilation cache serves every zoo (and every single-model run) with that shape.
 
 @functools.lru_cache(maxsize=None)
-def _train_program(arch, batch_size, num_steps, conv_impl, augment_config):
+def _train_program(arch, batch_size, num_steps, conv_impl, augment_config, models_per_chunk):
+  """The group's training program: `train_steps` over the models axis, `models_per_chunk`
+  models vmapped at a time (lax.map runs the chunks in sequence; None: all at once)."""
   step_fn = functools.partial(train_steps, arch=arch, batch_size=batch_size,
                               num_steps=num_steps, conv_impl=conv_impl,
                               augment_config=augment_config)
-  return num_steps, jax.jit(jax.vmap(step_fn, in_axes=(0, 0, 0, 0, None, None, None)),
-                            donate_argnums=(0,))
+
+  def program(state, hyper, order, active, epoch, start_step, data):
+    return jax.lax.map(lambda a: step_fn(*a, epoch, start_step, data),
+                       (state, hyper, order, active), batch_size=models_per_chunk)
+
+  return num_steps, jax.jit(program, donate_argnums=(0,))
 
 
 @functools.lru_cache(maxsize=None)
@@ -307,9 +326,11 @@ class ZooTrainer:
 
   def _compile(self):
     cfg = self.cfg
+    chunk = cfg.train_models_per_chunk or default_models_per_chunk()
     self._train = {id(g): _train_program(g.arch, g.batch_size,
                                          min(cfg.steps_per_call, g.max_steps), self.conv_impl,
-                                         cfg.augment) for g in self.groups}
+                                         cfg.augment, min(chunk, len(g.members)))
+                   for g in self.groups}
     (arch,) = {g.arch for g in self.groups}  # Mixed architectures come with their own issue.
     self.arch = arch
     self._init = _init_program(arch)
