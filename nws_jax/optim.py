@@ -7,7 +7,9 @@ training: the reference code's ×0.96 staircase decay never advanced (PROTOCOL �
 
 Defaults follow TensorFlow 1, which trained the released nets: Adam (0.9, 0.999, eps 1e-8),
 RMSProp (decay 0.9, no momentum, eps 1e-10 inside the square root, mean square starting at 1),
-momentum SGD (0.95, `accum = 0.95 accum + g; w -= lr accum`).
+momentum SGD (0.95, `accum = 0.95 accum + g; w -= lr accum`). One difference remains: optax
+adds Adam's epsilon to the bias-corrected sqrt(v̂), TensorFlow 1 to the uncorrected sqrt(v)
+(its "epsilon hat"); they differ only where sqrt(v) is near 1e-8.
 """
 
 from __future__ import annotations

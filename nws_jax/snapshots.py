@@ -100,6 +100,17 @@ def save_snapshots(directory: str, snapshots: np.ndarray, export_numbers: np.nda
   manager.close()
 
 
+def is_complete(directory: str) -> bool:
+  """Whether `directory` holds a finished snapshots checkpoint (Orbax finalises atomically)."""
+  if not os.path.isdir(directory):
+    return False
+  manager = ocp.CheckpointManager(os.path.abspath(directory))
+  try:
+    return manager.latest_step() is not None
+  finally:
+    manager.close()
+
+
 def load_snapshots(directory: str) -> tuple[np.ndarray, np.ndarray]:
   """Reads ([models, 20, n] float32 snapshots, [models, 20] export numbers) from `directory`."""
   manager = ocp.CheckpointManager(os.path.abspath(directory))

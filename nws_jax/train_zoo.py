@@ -99,5 +99,13 @@ def main(argv):
   print(f'snapshots {zoo.snapshots.shape} float32 in {FLAGS.workdir}')
 
 
+def _parse_flags(argv):
+  """absl's parser, but a bad flag exits 2 (absl exits 1), like every other usage error."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0])
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -69,6 +69,8 @@ class ZooConfig:
     if self.architecture not in space.ARCHITECTURE_MODES:
       raise ValueError(f'unknown architecture {self.architecture!r}; this version supports: '
                        + ', '.join(space.ARCHITECTURE_MODES))
+    if self.steps_per_call < 1:
+      raise ValueError(f'steps_per_call must be at least 1, got {self.steps_per_call}')
     if self.num_snapshots < 1:
       raise ValueError(f'num_snapshots must be at least 1, got {self.num_snapshots}')
     if self.conv_impl not in ('auto',) + cnn.CONV_IMPLS:
@@ -108,8 +110,10 @@ def prepare_workdir(workdir: str, config: ZooConfig, *, resume: bool, overwrite:
     if saved.get('zoo') != config.to_json():
       raise WorkdirError(f'cannot resume {workdir}: it was built with other options '
                          f'(see {path})')
-    if os.path.exists(os.path.join(workdir, zoo_lib.SNAPSHOTS_DIR)):
+    snapshots_dir = os.path.join(workdir, zoo_lib.SNAPSHOTS_DIR)
+    if snapshots_lib.is_complete(snapshots_dir):
       raise WorkdirError(f'cannot resume {workdir}: the zoo is already finished')
+    shutil.rmtree(snapshots_dir, ignore_errors=True)  # A save that crashed half-way.
     return True
   elif exists:
     raise WorkdirError(f'workdir {workdir} is not empty; pass --resume to continue it or '
@@ -219,26 +223,36 @@ def build_zoo(config: ZooConfig, workdir: str, *, resume: bool = False, overwrit
   before anything in the workdir is touched.
   """
   config.validate()
-  datasets = load_datasets(config)  # Fails on an unprepared dataset before the workdir changes.
+  # Everything that can reject the config (unprepared dataset, too few examples for a batch
+  # size, a class missing) runs before the workdir is created, cleared or written.
+  datasets = load_datasets(config)
+  trainer = make_trainer(config, datasets=datasets)
   resuming = prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
   if not resuming:
     zoo_lib.write_json_atomic({'zoo': config.to_json(), 'nws_jax': nws_jax.__version__,
                                'jax': jax.__version__, 'backend': jax.default_backend()},
                               os.path.join(workdir, zoo_lib.CONFIG_FILE))
-  trainer = make_trainer(config, datasets=datasets)
   exports = snapshots_lib.ExportWriter(os.path.join(workdir, zoo_lib.EXPORTS_DIR))
   checkpointer = _StateCheckpointer(os.path.join(workdir, zoo_lib.STATE_DIR))
   kwargs = {}
+  earlier_seconds = 0.0
   restored = checkpointer.restore(trainer) if resuming else None
   if restored is not None:
-    epoch, state, stopping, curves, losses, _ = restored
+    epoch, state, stopping, curves, losses, earlier_seconds = restored
     exports.delete_after(epoch)
     kwargs = dict(state=state, start_epoch=epoch, stopping=stopping, curves=curves,
                   losses=losses)
   elif resuming:
     exports.delete_after(-1)
-  t0 = time.time()
-  result = trainer_lib.train(trainer, on_export=exports.save, on_epoch=checkpointer.save,
+  t0 = time.time() - earlier_seconds
+
+  def checkpoint(epoch, result):
+    # The state of epoch e may only exist once export e is on disk: a resume from it never
+    # re-exports earlier epochs.
+    exports.wait()
+    checkpointer.save(epoch, result._replace(seconds=time.time() - t0))
+
+  result = trainer_lib.train(trainer, on_export=exports.save, on_epoch=checkpoint,
                              progress=progress, **kwargs)
   checkpointer.close()
   snaps, numbers = snapshots_lib.gather_snapshots(exports, result.stopping.epochs,

@@ -66,3 +66,18 @@ def test_missing_workdir_flag_exits_2():
   result = run_cli()
   assert result.returncode == 2
   assert '--workdir' in error_line(result)
+
+
+def test_malformed_flag_value_exits_2(tmp_path):
+  result = run_cli(f'--workdir={tmp_path}/zoo', '--num_models=abc')
+  assert result.returncode == 2
+  assert 'num_models' in error_line(result)
+
+
+def test_data_too_small_for_the_zoo_exits_2_before_touching_the_workdir(tmp_path):
+  workdir = tmp_path / 'zoo'
+  result = run_cli(f'--workdir={workdir}', '--datasets=digits', '--num_train=10',
+                   '--num_models=2')
+  assert result.returncode == 2
+  error_line(result)
+  assert not workdir.exists()
