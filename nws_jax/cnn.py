@@ -33,6 +33,10 @@ BN_EPSILON = 1e-5
 BN_GAMMA_STD = 0.002
 DROPOUT_KEEP = 0.5
 CONV_IMPLS = ('im2col', 'lax')
+# Full float32 matmuls and convolutions on every backend. XLA's default on recent GPUs is TF32
+# (a 10-bit mantissa), which made the same model differ between a zoo and a single run by ~1e-2
+# in its probabilities on an H200; the study's TensorFlow 1 nets trained in float32.
+PRECISION = jax.lax.Precision.HIGHEST
 
 # Conv layers per block for each conv depth (PROTOCOL §2).
 _CONV_LAYOUT = {3: (1, 1, 1), 4: (1, 1, 2), 5: (1, 2, 2)}
@@ -170,7 +174,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, impl: str = 'im2col') -> jax.Array:
   """
   if impl == 'lax':
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
-                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                        precision=PRECISION)
   if impl != 'im2col':
     raise ValueError(f'unknown conv impl {impl!r}; choose from {CONV_IMPLS}')
   k, _, c, o = kernel.shape
@@ -179,7 +184,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, impl: str = 'im2col') -> jax.Array:
   xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
   patches = jnp.concatenate(
       [xp[:, dy:dy + h, dx:dx + w, :] for dy in range(k) for dx in range(k)], axis=-1)
-  return patches @ kernel.reshape(k * k * c, o)
+  return jnp.matmul(patches, kernel.reshape(k * k * c, o), precision=PRECISION)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -231,12 +236,13 @@ def apply(params: Params, stats: Stats, images: jax.Array, activation: jax.Array
     elif spec.batch_norm:
       if x.ndim > 2:
         x = x.reshape(x.shape[0], -1)
-      y = activate(x @ layer['kernel'] + layer['bias'], activation)
+      y = activate(jnp.matmul(x, layer['kernel'], precision=PRECISION) + layer['bias'],
+                   activation)
       x, new_stats[spec.name] = _batch_norm(y, layer, stats[spec.name], (0,), train)
       if train:
         x = jnp.where(next(keeps), x / DROPOUT_KEEP, 0.0)
     else:
-      x = x @ layer['kernel'] + layer['bias']
+      x = jnp.matmul(x, layer['kernel'], precision=PRECISION) + layer['bias']
   return x, new_stats
 
 

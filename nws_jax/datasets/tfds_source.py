@@ -34,7 +34,11 @@ def not_prepared_message(name: str, tfds_name: str, data_dir: str | None) -> str
 
 def open_split(name: str, tfds_name: str, split: str, data_dir: str | None):
   """The TFDS data source of one split; DatasetError if it is not prepared locally."""
-  import tensorflow_datasets as tfds  # ~0.5 s; only needed for these datasets
+  try:
+    import tensorflow_datasets as tfds  # ~0.5 s; only needed for these datasets
+  except ImportError as e:
+    raise DatasetError(f"dataset {name!r} needs tensorflow-datasets, which is not installed "
+                       f"(pip install -r requirements.txt)") from e
   try:
     return tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
   except NotImplementedError as e:
