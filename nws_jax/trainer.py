@@ -314,10 +314,9 @@ class ZooTrainer:
       self.groups.append(Group(arch, batch_size, np.asarray(members), hyper,
                                int(hyper.steps_per_epoch.max())))
     # Positions in the concatenation of the groups -> zoo order.
-    self._unsort = np.argsort(np.concatenate([g.members for g in self.groups]))
+    self._unsort = jnp.asarray(np.argsort(np.concatenate([g.members for g in self.groups])))
     self.weight_counts = [cnn.weight_counts(cnn.Architecture(*c.architecture))
                           for c in self.configs]
-    self._unsort = jnp.asarray(self._unsort)
     self._compile()
 
   @property

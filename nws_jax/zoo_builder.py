@@ -8,6 +8,7 @@ when asked) overwritten; a non-empty workdir is otherwise refused before anythin
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -104,7 +105,6 @@ def prepare_workdir(workdir: str, config: ZooConfig, *, resume: bool, overwrite:
     path = os.path.join(workdir, zoo_lib.CONFIG_FILE)
     if not os.path.exists(path):
       raise WorkdirError(f'cannot resume {workdir}: no {zoo_lib.CONFIG_FILE}')
-    import json
     with open(path) as f:
       saved = json.load(f)
     if saved.get('zoo') != config.to_json():
