@@ -57,14 +57,13 @@ class TrainConfig:
   augment: augment.AugmentConfig = augment.AugmentConfig()
 
 
-def default_conv_impl(backend: str | None = None) -> str:
+def default_conv_impl() -> str:
   """The convolution formulation measured fastest under vmap on `backend` (BENCHMARKS.md).
 
   im2col won on both backends measured: the 2-core CPU (about 10× over lax.conv inside the
   scanned step) and an H200 (1.35-1.4× over lax.conv at 32 and 256 models). Other backends
   (TPU) are unmeasured and get im2col too until a benchmark says otherwise.
   """
-  del backend
   return 'im2col'
 
 
@@ -358,6 +357,10 @@ class ZooTrainer:
       list(pool.map(lambda a: compile_group(*a), zip(self.groups, state)))
     return time.time() - t0
 
+  def calls_per_epoch(self) -> int:
+    """Compiled training calls in one epoch, over all groups (what `on_chunk` counts)."""
+    return sum(-(-g.max_steps // self._train[id(g)][0]) for g in self.groups)
+
   def run_epoch(self, state: list[ModelState], epoch: int, active: np.ndarray,
                 on_chunk: Callable[[], None] | None = None):
     """Trains epoch `epoch` (1-based) of the models with active[zoo position] True.
@@ -436,7 +439,7 @@ def train(trainer: ZooTrainer, *, state=None, start_epoch: int = 0, stopping=Non
       epoch += 1
       active = stopping.status == early_stopping.RUNNING
       chunks = [0]
-      total_chunks = sum(-(-g.max_steps // trainer._train[id(g)][0]) for g in trainer.groups)
+      total_chunks = trainer.calls_per_epoch()
 
       def on_chunk():
         chunks[0] += 1
