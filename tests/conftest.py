@@ -10,3 +10,60 @@ def tiny_datasets():
   """Two offline datasets of 300 training (270 after the validation split) and 100 test images."""
   return [datasets.load(name, num_train=300, num_test=100, seed=0)
           for name in ('gratings', 'shapes')]
+
+
+def write_synthetic_zoo(workdir, num_models=40, weightn_conv=80, weightn_fc=120, seed=0):
+  """A zoo workdir whose weights encode some properties, for meta-classifier tests.
+
+  Fixed-architecture property columns, but a short fake vector (weightn_conv + weightn_fc).
+  initialization (4 classes) sets the scale of the whole vector and lrate its mean; optimizer
+  (3 classes) adds an alternating ±pattern of 0, 1 or 2 times the scale to the dense part only;
+  dataset and augmentation are drawn but leave no trace. Returns the models table.
+  """
+  import json
+  import os
+
+  import numpy as np
+  import pandas as pd
+
+  from nws_jax import snapshots as snapshots_lib
+  from nws_jax import space
+  from nws_jax import zoo as zoo_lib
+
+  rng = np.random.default_rng(seed)
+  m = num_models
+  table = pd.DataFrame(dict(
+      dataset=rng.choice(['digits', 'shapes'], m), lrate=rng.uniform(*space.LRATE_RANGE, m),
+      batch_size=64, batch_norm=True, augmentation=rng.integers(0, 2, m).astype(bool),
+      optimizer=np.arange(m) % 3, activation=0, initialization=(np.arange(m) // 3) % 4,
+      **space.FIXED_ARCHITECTURE))
+  table['model_id'] = np.arange(m)
+  table['weightn_conv'], table['weightn_fc'] = weightn_conv, weightn_fc
+  for name in ('train_accuracy', 'valid_accuracy', 'test_accuracy'):
+    table[name] = 0.5
+  table['epochs'], table['status'], table['failed'], table['seconds'] = 5, 'max_epochs', False, 1.0
+  scale = np.array([0.25, 0.5, 1.0, 2.0])[table['initialization']]
+  pattern = np.array([0.0, 1.0, 2.0])[table['optimizer']]
+  snaps = rng.normal(size=(m, 20, weightn_conv + weightn_fc))
+  snaps[:, :, weightn_conv:] += (pattern[:, None, None]
+                                 * (-1.0) ** np.arange(weightn_fc)[None, None, :])
+  snaps = (scale[:, None, None] * snaps
+           + 500.0 * table['lrate'].to_numpy()[:, None, None]).astype(np.float32)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, zoo_lib.CONFIG_FILE), 'w') as f:
+    json.dump({'synthetic': True}, f)
+  table.to_csv(os.path.join(workdir, zoo_lib.MODELS_FILE), index=False)
+  pd.DataFrame(dict(model_id=[0], epoch=[0], train_accuracy=[0.1], valid_accuracy=[0.1],
+                    test_accuracy=[0.1], train_loss=[2.3])).to_csv(
+                        os.path.join(workdir, zoo_lib.CURVES_FILE), index=False)
+  numbers = np.tile(np.arange(1, 21, dtype=np.int32), (m, 1))
+  snapshots_lib.save_snapshots(os.path.join(workdir, zoo_lib.SNAPSHOTS_DIR), snaps, numbers)
+  return table
+
+
+@pytest.fixture(scope='session')
+def synthetic_zoo_dir(tmp_path_factory):
+  """Path of a 40-model synthetic zoo (see write_synthetic_zoo), shared by the session."""
+  path = str(tmp_path_factory.mktemp('synthetic') / 'zoo')
+  write_synthetic_zoo(path)
+  return path

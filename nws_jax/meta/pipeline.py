@@ -1,0 +1,160 @@
+"""Train the meta-classifiers of a zoo and evaluate them: the library behind `train_meta`.
+
+`train_and_evaluate(config, zoo_dir, workdir)` checks everything before it touches the workdir,
+trains every chosen property in one program, saves the run (store.py), then runs the evaluations
+and the baseline and writes their CSVs and PNGs. `evaluate_workdir(workdir)` reruns the
+evaluations from the saved checkpoint without training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pandas as pd
+
+from nws_jax import zoo as zoo_lib
+from nws_jax.meta import baseline as baseline_lib
+from nws_jax.meta import evaluate as evaluate_lib
+from nws_jax.meta import plots
+from nws_jax.meta import slices as slices_lib
+from nws_jax.meta import split as split_lib
+from nws_jax.meta import store
+from nws_jax.meta import targets as targets_lib
+from nws_jax.meta import train as train_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+  """ensemble_slices: slices per test snapshot for accuracy.csv and the votes; positions: P of
+  position.csv; snapshot_slices: slices per snapshot for snapshot.csv and part.csv; baseline:
+  whether to fit the gradient-boosted trees; baseline_slices: their slices per snapshot."""
+  ensemble_slices: int = 20
+  positions: int = 100
+  snapshot_slices: int = 4
+  baseline: bool = True
+  baseline_slices: int = 4
+
+  def validate(self) -> None:
+    for name in ('ensemble_slices', 'positions', 'snapshot_slices', 'baseline_slices'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'{name} must be at least 1, got {getattr(self, name)}')
+
+
+@dataclasses.dataclass
+class Results:
+  """The frames written to the workdir (see evaluate.py for their columns)."""
+  accuracy: pd.DataFrame
+  ensemble: pd.DataFrame
+  position: pd.DataFrame
+  snapshot: pd.DataFrame
+  part: pd.DataFrame
+  baseline: pd.DataFrame | None
+  history: pd.DataFrame
+
+
+def load_zoo_for_meta(zoo_dir: str) -> zoo_lib.Zoo:
+  """load_zoo, with a one-line ZooError for anything missing or damaged."""
+  return zoo_lib.load_zoo(zoo_dir)
+
+
+def plan(config: train_lib.MetaConfig, zoo: zoo_lib.Zoo):
+  """(split, targets) for `config` on `zoo`; raises ValueError subclasses, one line, for a config
+  this zoo cannot satisfy. Touches no file."""
+  config.validate()
+  table = zoo.table
+  models = train_lib.eligible_models(table, config.drop_failed)
+  split = split_lib.make_split(models, config.seed, config.test_fraction, config.valid_fraction)
+  names = config.properties or targets_lib.varying_properties(table.iloc[models])
+  if not names:
+    raise targets_lib.PropertyError('no property varies in this zoo; nothing to learn')
+  targets = targets_lib.make_targets(table, names, split.train)
+  slices_lib.check_spec(config.slice_spec, table['weightn_conv'].to_numpy()[models],
+                        table['weightn_fc'].to_numpy()[models], zoo.snapshots.shape[1])
+  return split, targets
+
+
+def train_and_evaluate(config: train_lib.MetaConfig, zoo_dir: str, workdir: str, *,
+                       options: EvalOptions = EvalOptions(), overwrite: bool = False,
+                       progress: bool = False) -> Results:
+  zoo = load_zoo_for_meta(zoo_dir)
+  options.validate()
+  split, targets = plan(config, zoo)
+  store.prepare_workdir(workdir, overwrite=overwrite)
+  run = train_lib.fit(config, zoo.table, zoo.snapshots, split, targets, progress=progress)
+  store.save_run(workdir, run, zoo_dir)
+  return evaluate_run(run, zoo, workdir, options)
+
+
+def evaluate_workdir(workdir: str, *, options: EvalOptions = EvalOptions(),
+                     zoo_dir: str | None = None) -> Results:
+  """Reruns the evaluations of a saved run (on its own zoo unless `zoo_dir` is given)."""
+  options.validate()
+  run = store.load_run(workdir)
+  _, saved_zoo = store.read_config(workdir)
+  zoo = load_zoo_for_meta(zoo_dir or saved_zoo)
+  return evaluate_run(run, zoo, workdir, options)
+
+
+def evaluate_run(run: train_lib.MetaRun, zoo: zoo_lib.Zoo, workdir: str,
+                 options: EvalOptions) -> Results:
+  """Runs every evaluation and the baseline; writes the CSVs and PNGs into `workdir`."""
+  ctx = evaluate_lib.make_context(run, zoo.table, zoo.snapshots)
+  seed = run.config.seed
+  accuracy, ensemble = evaluate_lib.evaluate_slices(ctx, options.ensemble_slices, seed)
+  position, boundary = evaluate_lib.evaluate_positions(ctx, options.positions)
+  snapshot = evaluate_lib.evaluate_snapshots(ctx, options.snapshot_slices, seed)
+  part = evaluate_lib.evaluate_parts(ctx, options.snapshot_slices, seed)
+  baseline = None
+  if options.baseline:
+    baseline = baseline_lib.run_baseline(zoo.table, zoo.snapshots, run.split, run.targets,
+                                         run.config.slice_spec,
+                                         slices_per_snapshot=options.baseline_slices, seed=seed)
+  results = Results(accuracy, ensemble, position, snapshot, part, baseline, run.history)
+  write_results(results, workdir, boundary,
+                (run.config.first_snapshot, run.config.last_snapshot))
+  return results
+
+
+def write_results(results: Results, workdir: str, boundary: float,
+                  train_range: tuple[int, int]) -> None:
+  path = lambda name: os.path.join(workdir, name)
+  for name in ('accuracy', 'ensemble', 'position', 'snapshot', 'part', 'history'):
+    zoo_lib.write_csv_atomic(getattr(results, name), path(f'{name}.csv'))
+  if results.baseline is not None:
+    zoo_lib.write_csv_atomic(results.baseline, path('baseline.csv'))
+  plots.plot_accuracy(results.accuracy, path('accuracy.png'), baseline=results.baseline)
+  plots.plot_ensemble(results.ensemble, path('ensemble.png'))
+  plots.plot_position(results.position, path('position.png'), boundary)
+  plots.plot_snapshot(results.snapshot, path('snapshot.png'), train_range)
+  plots.plot_part(results.part, path('part.png'))
+  plots.plot_history(results.history, path('history.png'))
+
+
+def summary(results: Results) -> str:
+  """The final table: per property, the meta-classifier's score beside chance and the baseline."""
+  methods = []
+  if results.baseline is not None:
+    methods = list(dict.fromkeys(results.baseline['method']))
+  header = (f'{"property":<15} {"metric":<8} {"meta":>7} {"chance":>7}'
+            + ''.join(f' {m:>10}' for m in methods) + f' {"test models":>11}')
+  lines = [header]
+  for row in results.accuracy.itertuples():
+    cells = [f'{row.property:<15} {row.metric:<8} {_fmt(row.value, row.metric):>7} '
+             f'{_fmt(row.chance, row.metric):>7}']
+    for m in methods:
+      b = results.baseline[(results.baseline['method'] == m)
+                           & (results.baseline['property'] == row.property)]
+      cells.append(f' {_fmt(b["value"].iloc[0], row.metric) if len(b) else "-":>10}')
+    cells.append(f' {row.n_test_models:>11}')
+    lines.append(''.join(cells))
+  lines.append('(accuracy: fraction of single random slices classified right; mae: mean absolute '
+               'error of lrate; chance: a constant guess)')
+  return '\n'.join(lines)
+
+
+def _fmt(value: float, metric: str) -> str:
+  if value != value:  # NaN
+    return 'n/a'
+  return f'{value:.2e}' if metric == 'mae' else f'{value:.3f}'

@@ -1,0 +1,64 @@
+"""The seeded split of a zoo's models into meta-train, validation and meta-test.
+
+The split is by model, so that no model has snapshots on two sides: a meta-classifier is judged on
+models it never saw. PROTOCOL §5 holds out a tenth of the training *snapshots* for validation;
+here the validation share is taken by model too (stricter: validation then measures the same
+thing as the test). The split is saved as split.json in the meta workdir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+
+from nws_jax import zoo as zoo_lib
+
+
+class SplitError(ValueError):
+  """A split that leaves a side empty."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSplit:
+  """Model indices (rows of models.csv), each sorted ascending; the three sides are disjoint."""
+  train: np.ndarray
+  valid: np.ndarray
+  test: np.ndarray
+
+  def to_json(self) -> dict:
+    return {k: [int(i) for i in getattr(self, k)] for k in ('train', 'valid', 'test')}
+
+  @classmethod
+  def from_json(cls, d: dict) -> 'ModelSplit':
+    return cls(*(np.asarray(d[k], np.int64) for k in ('train', 'valid', 'test')))
+
+
+def make_split(model_ids: np.ndarray, seed: int, test_fraction: float = 0.2,
+               valid_fraction: float = 0.1) -> ModelSplit:
+  """Shuffles `model_ids` with `seed`; the first round(test_fraction·n) are the test models, then
+  round(valid_fraction·rest) validation models; the others train. Raises SplitError when the
+  test or training side would be empty (validation may be empty)."""
+  model_ids = np.asarray(model_ids, np.int64)
+  if not 0 < test_fraction < 1:
+    raise SplitError(f'test_fraction must be in (0, 1), got {test_fraction}')
+  if not 0 <= valid_fraction < 1:
+    raise SplitError(f'valid_fraction must be in [0, 1), got {valid_fraction}')
+  order = np.random.default_rng([seed, 0x5B17]).permutation(model_ids)
+  n_test = int(round(test_fraction * len(order)))
+  n_valid = int(round(valid_fraction * (len(order) - n_test)))
+  if n_test < 1 or len(order) - n_test - n_valid < 1:
+    raise SplitError(f'{len(order)} models cannot be split into meta-train and meta-test '
+                     f'(test_fraction {test_fraction}, valid_fraction {valid_fraction})')
+  test, valid, train = np.split(order, [n_test, n_test + n_valid])
+  return ModelSplit(np.sort(train), np.sort(valid), np.sort(test))
+
+
+def save_split(path: str, split: ModelSplit) -> None:
+  zoo_lib.write_json_atomic(split.to_json(), path)
+
+
+def load_split(path: str) -> ModelSplit:
+  with open(path) as f:
+    return ModelSplit.from_json(json.load(f))

@@ -1,0 +1,387 @@
+"""Training the meta-classifiers of every chosen property at once (PROTOCOL §5).
+
+One meta-classifier per property; their parameters, batch statistics and Adam states are stacked
+on a leading members axis [P, ...] and one jitted program trains them all: each step draws one
+batch of random slices (shared by all members) and every member takes its own gradient step on
+its own targets. A member's randomness (initialisation, dropout, class balancing) derives from
+(seed, its property's PROTOCOL index, epoch, step) and the shared draws (order, slice offsets)
+from (seed, epoch, step) only, so a property trained alone gets the same meta-classifier as inside
+any stack (tested).
+
+An epoch is one pass, in a fresh random order, over the meta-training (model, snapshot) pairs, in
+ceil(pairs / batch_size) steps (the last batch wraps around); every sample gets a fresh random
+slice position. Class balance (PROTOCOL §5, cut to the rarest class) is a per-property 0/1 weight
+redrawn each epoch, since the members share their batches. After each epoch the members are scored
+on fixed slices of the validation models and each keeps its best-scoring parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pandas as pd
+
+from nws_jax.meta import model as model_lib
+from nws_jax.meta import slices as slices_lib
+from nws_jax.meta import split as split_lib
+from nws_jax.meta import targets as targets_lib
+
+MASKED_LOGIT = -1e30
+EVAL_CHUNK = 256  # slices per evaluation call (the last chunk is padded, so one compile)
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaConfig:
+  """Everything that determines a meta-classifier run (same config and zoo -> same result).
+
+  The defaults are PROTOCOL §5's: slices of 5,000 weights anywhere in the vector, snapshots
+  11–20, Adam at 1e-3, batch 64, 50 epochs, dense widths 1024×4 and 64. properties=None trains
+  every property that varies in the zoo.
+  """
+  properties: tuple[str, ...] | None = None
+  slice_length: int = 5000
+  part: str = 'all'
+  first_snapshot: int = 11
+  last_snapshot: int = 20
+  epochs: int = 50
+  batch_size: int = 64
+  learning_rate: float = 1e-3
+  conv_widths: tuple[int, ...] | None = None  # None: PROTOCOL §5's for the slice length
+  dense_widths: tuple[int, ...] = model_lib.PROTOCOL_DENSE_WIDTHS
+  seed: int = 0
+  test_fraction: float = 0.2
+  valid_fraction: float = 0.1
+  valid_slices: int = 4
+  drop_failed: bool = False
+
+  @property
+  def slice_spec(self) -> slices_lib.SliceSpec:
+    return slices_lib.SliceSpec(self.slice_length, self.part, self.first_snapshot,
+                                self.last_snapshot)
+
+  def validate(self) -> None:
+    """Raises ValueError (one line) for values no zoo could run with."""
+    for name in ('epochs', 'batch_size', 'valid_slices', 'slice_length'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'{name} must be at least 1, got {getattr(self, name)}')
+    if self.learning_rate <= 0:
+      raise ValueError(f'learning_rate must be positive, got {self.learning_rate}')
+    if self.part not in slices_lib.PARTS:
+      raise ValueError(f'unknown part {self.part!r}; choose from: ' + ', '.join(slices_lib.PARTS))
+    if not self.dense_widths or min(self.dense_widths) < 1:
+      raise ValueError(f'dense_widths must be positive widths, got {self.dense_widths}')
+    if self.conv_widths is not None and (not self.conv_widths or min(self.conv_widths) < 1):
+      raise ValueError(f'conv_widths must be positive widths, got {self.conv_widths}')
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, d: dict) -> 'MetaConfig':
+    d = dict(d)
+    for name in ('properties', 'conv_widths', 'dense_widths'):
+      if d.get(name) is not None:
+        d[name] = tuple(d[name])
+    return cls(**d)
+
+
+@dataclasses.dataclass
+class MetaData:
+  """A zoo prepared for meta-training; device arrays unless noted.
+
+  snapshots: float32 [models, S, n] (every model of the zoo and every snapshot, so that any
+    snapshot can be evaluated); lo, hi: int32 [models], the part of each vector slices come from.
+  labels: int32 [P, models]; values: float32 [P, models] (standardised regression targets).
+  is_regression: bool [P]; num_classes: int32 [P]; codes: int32 [P] (PROTOCOL index).
+  train_pairs, valid_pairs: (model, 0-based snapshot) int32 [K] each, numpy.
+  """
+  snapshots: jax.Array
+  lo: jax.Array
+  hi: jax.Array
+  labels: jax.Array
+  values: jax.Array
+  is_regression: jax.Array
+  num_classes: jax.Array
+  codes: jax.Array
+  train_pairs: tuple[np.ndarray, np.ndarray]
+  valid_pairs: tuple[np.ndarray, np.ndarray]
+
+
+def eligible_models(table: pd.DataFrame, drop_failed: bool) -> np.ndarray:
+  """Row indices of the models a run may use (all, or those not flagged failed)."""
+  if drop_failed and 'failed' in table:
+    return np.flatnonzero(~table['failed'].to_numpy(bool))
+  return np.arange(len(table))
+
+
+def model_spec(config: MetaConfig, targets: Sequence[targets_lib.PropertyTarget],
+               table: pd.DataFrame) -> model_lib.ModelSpec:
+  """The shared shapes. num_outputs is the most classes of any property that varies in the zoo
+  (not only of those chosen), so a property's meta-classifier has the same shapes alone or in any
+  stack."""
+  counts = [table[n].nunique() for n in targets_lib.varying_properties(table)
+            if n not in targets_lib.REGRESSION_PROPERTIES]
+  num_outputs = max(counts + [t.num_classes for t in targets] + [1])
+  conv = config.conv_widths or model_lib.conv_widths_for(config.slice_length)
+  return model_lib.ModelSpec(config.slice_length, tuple(conv), tuple(config.dense_widths),
+                             num_outputs)
+
+
+def prepare(config: MetaConfig, table: pd.DataFrame, snapshots: np.ndarray,
+            split: split_lib.ModelSplit,
+            targets: Sequence[targets_lib.PropertyTarget]) -> MetaData:
+  """Puts the zoo on the device with its targets and the training/validation pairs."""
+  lo, hi = slices_lib.part_bounds(table['weightn_conv'], table['weightn_fc'], config.part)
+  labels, values = targets_lib.encode(table, targets)
+  numbers = config.slice_spec.snapshot_numbers
+  return MetaData(
+      snapshots=jnp.asarray(snapshots, jnp.float32), lo=jnp.asarray(lo), hi=jnp.asarray(hi),
+      labels=jnp.asarray(labels), values=jnp.asarray(values),
+      is_regression=jnp.asarray([t.is_regression for t in targets]),
+      num_classes=jnp.asarray([t.num_classes for t in targets], jnp.int32),
+      codes=jnp.asarray([t.code for t in targets], jnp.int32),
+      train_pairs=slices_lib.pairs(split.train, numbers),
+      valid_pairs=slices_lib.pairs(split.valid, numbers))
+
+
+# --- keys -----------------------------------------------------------------------------------
+# Shared draws: fold_in(seed key, tag); a member's: fold_in(fold_in(seed key, 1000 + code), tag).
+_ORDER, _SLICES, _VALID = 1, 2, 3
+_INIT, _BALANCE, _DROPOUT = 0, 1, 2
+
+
+def _seed_key(seed: int) -> jax.Array:
+  return jax.random.key(seed)
+
+
+def _member_keys(seed: int, codes: jax.Array) -> jax.Array:
+  base = _seed_key(seed)
+  return jax.vmap(lambda c: jax.random.fold_in(base, 1000 + c))(codes)
+
+
+def _fold(keys: jax.Array, *data) -> jax.Array:
+  for d in data:
+    keys = jax.vmap(lambda k, d=d: jax.random.fold_in(k, d))(keys)
+  return keys
+
+
+# --- one member -------------------------------------------------------------------------------
+
+def per_sample_loss(outputs: jax.Array, label: jax.Array, value: jax.Array, is_regression,
+                    num_classes) -> jax.Array:
+  """[B]: cross-entropy over the first num_classes logits, or L1 error of output 0."""
+  usable = jnp.arange(outputs.shape[-1]) < num_classes
+  logits = jnp.where(usable, outputs, MASKED_LOGIT)
+  ce = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, label[:, None], -1)[:, 0]
+  l1 = jnp.abs(outputs[:, 0] - value)
+  return jnp.where(is_regression, l1, ce)
+
+
+def predictions(outputs: jax.Array, is_regression, num_classes) -> tuple[jax.Array, jax.Array]:
+  """(class probabilities [..., O] with unused classes at 0, regressed value [...])."""
+  usable = jnp.arange(outputs.shape[-1]) < num_classes
+  probs = jax.nn.softmax(jnp.where(usable, outputs, MASKED_LOGIT), axis=-1)
+  return jnp.where(is_regression, 0.0, probs), outputs[..., 0]
+
+
+def _init_member(key: jax.Array, spec: model_lib.ModelSpec, tx) -> dict:
+  variables = spec.module().init(jax.random.fold_in(key, _INIT),
+                                 jnp.zeros((1, spec.slice_length)), train=False)
+  params, stats = variables['params'], variables['batch_stats']
+  return dict(params=params, batch_stats=stats, opt_state=tx.init(params),
+              best_params=params, best_stats=stats, best_score=jnp.float32(-jnp.inf))
+
+
+def _member_step(state: dict, slices, label, value, weight, is_regression, num_classes,
+                 dropout_key, *, spec: model_lib.ModelSpec, tx) -> tuple[dict, jax.Array]:
+  module = spec.module()
+
+  def loss_fn(params):
+    outputs, new_vars = module.apply({'params': params, 'batch_stats': state['batch_stats']},
+                                     slices, train=True, rngs={'dropout': dropout_key},
+                                     mutable=['batch_stats'])
+    losses = per_sample_loss(outputs, label, value, is_regression, num_classes)
+    loss = jnp.sum(weight * losses) / jnp.maximum(jnp.sum(weight), 1.0)
+    return loss, new_vars['batch_stats']
+
+  (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+  updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+  params = optax.apply_updates(state['params'], updates)
+  return dict(state, params=params, batch_stats=stats, opt_state=opt_state), loss
+
+
+# --- the stacked programs ---------------------------------------------------------------------
+
+def _optimizer(learning_rate: float):
+  # PROTOCOL §5: Adam at 1e-3; the reference's ×0.95 decay is never advanced, so constant.
+  return optax.adam(learning_rate)
+
+
+@functools.partial(jax.jit, static_argnames=('spec', 'learning_rate'))
+def init_members(member_keys: jax.Array, *, spec: model_lib.ModelSpec,
+                 learning_rate: float) -> dict:
+  """The stacked state of P fresh meta-classifiers, one per key [P]."""
+  tx = _optimizer(learning_rate)
+  return jax.vmap(lambda k: _init_member(k, spec, tx))(member_keys)
+
+
+@functools.partial(jax.jit, static_argnames=('spec', 'learning_rate', 'batch_size'),
+                   donate_argnums=0)
+def train_epoch(state: dict, epoch: jax.Array, seed_key: jax.Array, member_keys: jax.Array,
+                snapshots, lo, hi, labels, values, is_regression, num_classes, train_models,
+                train_snaps, *, spec: model_lib.ModelSpec, learning_rate: float,
+                batch_size: int) -> tuple[dict, jax.Array]:
+  """One epoch of every member. Returns the new state and each member's mean loss [P]."""
+  tx = _optimizer(learning_rate)
+  num_pairs = train_models.shape[0]
+  num_steps = -(-num_pairs // batch_size)
+  order = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(seed_key, _ORDER), epoch),
+                                 num_pairs)
+  slice_key = jax.random.fold_in(jax.random.fold_in(seed_key, _SLICES), epoch)
+  epoch_keys = _fold(member_keys, epoch)
+  epoch_labels = labels[:, train_models[order]]
+  balance = jax.vmap(slices_lib.balance_mask, in_axes=(0, 0, None))(
+      _fold(epoch_keys, _BALANCE), epoch_labels, spec.num_outputs)
+  weights = jnp.where(is_regression[:, None], 1.0, balance)
+  dropout_keys = _fold(epoch_keys, _DROPOUT)
+  step_fn = jax.vmap(functools.partial(_member_step, spec=spec, tx=tx),
+                     in_axes=(0, None, 0, 0, 0, 0, 0, 0))
+
+  def step(state, i):
+    positions = (i * batch_size + jnp.arange(batch_size)) % num_pairs
+    models, snaps = train_models[order[positions]], train_snaps[order[positions]]
+    batch = slices_lib.random_slices(jax.random.fold_in(slice_key, i), snapshots, models, snaps,
+                                     lo, hi, spec.slice_length)
+    return step_fn(state, batch, labels[:, models], values[:, models], weights[:, positions],
+                   is_regression, num_classes, _fold(dropout_keys, i))
+
+  state, losses = jax.lax.scan(step, state, jnp.arange(num_steps))
+  return state, losses.mean(axis=0)
+
+
+@functools.partial(jax.jit, static_argnames=('spec',))
+def _outputs(params, stats, snapshots, models, snaps, offsets, *, spec: model_lib.ModelSpec):
+  batch = slices_lib.gather(snapshots, models, snaps, offsets, spec.slice_length)
+  module = spec.module()
+  return jax.vmap(lambda p, s: module.apply({'params': p, 'batch_stats': s}, batch,
+                                            train=False))(params, stats)
+
+
+def outputs_at(params, stats, spec: model_lib.ModelSpec, snapshots: jax.Array,
+               models: np.ndarray, snaps: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+  """Raw outputs [P, N, num_outputs] (numpy) of the stacked members in inference mode for the
+  slices at (model, 0-based snapshot, offset) triples [N], EVAL_CHUNK slices per call."""
+  n = len(models)
+  chunks = []
+  for start in range(0, n, EVAL_CHUNK):
+    stop = min(start + EVAL_CHUNK, n)
+    pad = EVAL_CHUNK - (stop - start)
+    take = lambda a: np.pad(np.asarray(a[start:stop], np.int32), (0, pad), mode='edge')
+    out = _outputs(params, stats, snapshots, take(models), take(snaps), take(offsets), spec=spec)
+    chunks.append(np.asarray(out)[:, :stop - start])
+  if not chunks:
+    return np.zeros((len(jax.tree.leaves(params)[0]), 0, spec.num_outputs), np.float32)
+  return np.concatenate(chunks, axis=1)
+
+
+def random_offsets_np(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray,
+                      length: int) -> np.ndarray:
+  """Host-side uniform slice starts in [lo, hi - length] (int32), for fixed evaluation slices."""
+  return (lo + rng.integers(0, hi - lo - length + 1)).astype(np.int32)
+
+
+def scores(outputs: np.ndarray, labels: np.ndarray, values: np.ndarray,
+           targets: Sequence[targets_lib.PropertyTarget]) -> np.ndarray:
+  """Per member [P]: accuracy (classification) or minus the mean absolute error in standardised
+  units (regression): higher is better. outputs [P, N, O]; labels, values [P, N]."""
+  result = np.zeros(len(targets))
+  for p, t in enumerate(targets):
+    if t.is_regression:
+      result[p] = -np.abs(outputs[p, :, 0] - values[p]).mean()
+    else:
+      result[p] = (outputs[p, :, :t.num_classes].argmax(-1) == labels[p]).mean()
+  return result
+
+
+@jax.jit
+def _keep_best(state: dict, new_scores: jax.Array) -> dict:
+  better = new_scores > state['best_score']
+  pick = lambda new, old: jax.vmap(jnp.where)(better, new, old)
+  return dict(state, best_params=jax.tree.map(pick, state['params'], state['best_params']),
+              best_stats=jax.tree.map(pick, state['batch_stats'], state['best_stats']),
+              best_score=jnp.where(better, new_scores, state['best_score']))
+
+
+@dataclasses.dataclass
+class MetaRun:
+  """A trained stack: config, what each member predicts, the split, and the kept parameters.
+
+  params / batch_stats: pytrees with a leading [P] axis (the best-on-validation ones, or the last
+  when there are no validation models). history: one row per epoch and property.
+  """
+  config: MetaConfig
+  targets: list[targets_lib.PropertyTarget]
+  split: split_lib.ModelSplit
+  spec: model_lib.ModelSpec
+  params: Any
+  batch_stats: Any
+  history: pd.DataFrame
+
+
+def fit(config: MetaConfig, table: pd.DataFrame, snapshots: np.ndarray,
+        split: split_lib.ModelSplit, targets: Sequence[targets_lib.PropertyTarget], *,
+        progress: bool = False) -> MetaRun:
+  """Trains one meta-classifier per target, all in one program, and keeps each one's best."""
+  spec = model_spec(config, targets, table)
+  data = prepare(config, table, snapshots, split, targets)
+  seed_key = _seed_key(config.seed)
+  member_keys = _member_keys(config.seed, data.codes)
+  state = init_members(member_keys, spec=spec, learning_rate=config.learning_rate)
+
+  valid_models, valid_snaps = data.valid_pairs
+  rng = np.random.default_rng([config.seed, _VALID])
+  valid_models = np.repeat(valid_models, config.valid_slices)
+  valid_snaps = np.repeat(valid_snaps, config.valid_slices)
+  lo, hi = np.asarray(data.lo), np.asarray(data.hi)
+  valid_offsets = random_offsets_np(rng, lo[valid_models], hi[valid_models], spec.slice_length)
+  labels_np, values_np = np.asarray(data.labels), np.asarray(data.values)
+
+  train_models, train_snaps = (jnp.asarray(a) for a in data.train_pairs)
+  rows = []
+  epochs = range(config.epochs)
+  bar = None
+  if progress:
+    import tqdm
+    bar = tqdm.tqdm(total=config.epochs, desc='meta-classifiers', unit='epoch')
+  for epoch in epochs:
+    state, losses = train_epoch(
+        state, jnp.int32(epoch), seed_key, member_keys, data.snapshots, data.lo, data.hi,
+        data.labels, data.values, data.is_regression, data.num_classes, train_models,
+        train_snaps, spec=spec, learning_rate=config.learning_rate, batch_size=config.batch_size)
+    if len(valid_models):
+      out = outputs_at(state['params'], state['batch_stats'], spec, data.snapshots, valid_models,
+                       valid_snaps, valid_offsets)
+      epoch_scores = scores(out, labels_np[:, valid_models], values_np[:, valid_models], targets)
+    else:
+      epoch_scores = np.full(len(targets), float(epoch))  # no validation: keep the last
+    state = _keep_best(state, jnp.asarray(epoch_scores, jnp.float32))
+    losses = np.asarray(losses)
+    for p, t in enumerate(targets):
+      rows.append(dict(epoch=epoch + 1, property=t.name, train_loss=float(losses[p]),
+                       valid_score=float(epoch_scores[p]) if len(valid_models) else np.nan))
+    if bar is not None:
+      acc = [s for s, t in zip(epoch_scores, targets) if not t.is_regression]
+      bar.set_postfix(loss=f'{losses.mean():.3f}',
+                      valid_acc=f'{np.mean(acc):.3f}' if acc and len(valid_models) else 'n/a')
+      bar.update()
+  if bar is not None:
+    bar.close()
+  return MetaRun(config, list(targets), split, spec, state['best_params'], state['best_stats'],
+                 pd.DataFrame(rows))

@@ -1,0 +1,118 @@
+r"""Trains meta-classifiers on a zoo's weight snapshots and evaluates them (PROTOCOL §5, §6).
+
+  python -m nws_jax.train_meta --zoo=workdirs/zoo --workdir=workdirs/meta
+
+One meta-classifier per property (default: every property that varies in the zoo), all trained in
+one vectorised program on random slices of the snapshots; then the evaluations (accuracy against
+chance, votes over many slices, accuracy against slice position and snapshot number, conv versus
+dense part) and a gradient-boosted-tree baseline, each as CSV and PNG in the workdir.
+--evaluate_only reruns the evaluations from the saved checkpoint. Exit code 2 for bad flags, a
+missing or damaged zoo, an unknown or constant property, a slice longer than the weights, an empty
+snapshot range, or a non-empty workdir (unless --overwrite).
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string('zoo', None, 'Zoo workdir written by nws_jax.train_zoo.')
+flags.DEFINE_string('workdir', None, 'Directory of the meta-classifier run (must be empty).')
+flags.DEFINE_list('properties', [], 'Properties to recover, comma-separated (default: every '
+                  'property that varies in the zoo).')
+flags.DEFINE_integer('slice_length', 5000, 'Consecutive weights per slice (the study: 5000).')
+flags.DEFINE_enum('part', 'all', ['all', 'conv', 'dense'],
+                  'Where slices come from: the whole vector, the conv part or the dense part.')
+flags.DEFINE_string('snapshots', '11-20', 'Snapshot numbers to train on, FIRST-LAST or N (1-20).')
+flags.DEFINE_integer('epochs', 50, 'Epochs over the meta-training snapshots (the study: 50).')
+flags.DEFINE_integer('batch_size', 64, 'Slices per step (the study: 64).')
+flags.DEFINE_float('learning_rate', 1e-3, 'Adam learning rate (the study: 1e-3).')
+flags.DEFINE_list('dense_widths', ['1024', '1024', '1024', '1024', '64'],
+                  'Widths of the dense layers (the study: 1024,1024,1024,1024,64).')
+flags.DEFINE_list('conv_widths', [], 'Widths of the conv layers (default: the study\'s '
+                  '8,16,32,64,128,256, two more 256s for slices over 40,000).')
+flags.DEFINE_integer('seed', 0, 'Seed of the split, the initialisation and the slices.')
+flags.DEFINE_float('test_fraction', 0.2, 'Share of the models held out as meta-test models.')
+flags.DEFINE_float('valid_fraction', 0.1, 'Share of the other models used for validation.')
+flags.DEFINE_bool('drop_failed', False, 'Leave out models flagged failed in models.csv '
+                  '(as the release did).')
+flags.DEFINE_integer('ensemble_slices', 20, 'Random slices per test snapshot for the accuracy '
+                     'table and the votes.')
+flags.DEFINE_integer('positions', 100, 'Evenly spaced slice positions for position.csv.')
+flags.DEFINE_integer('snapshot_slices', 4, 'Random slices per snapshot for snapshot.csv and '
+                     'part.csv.')
+flags.DEFINE_bool('baseline', True, 'Also fit the gradient-boosted-tree baseline.')
+flags.DEFINE_bool('evaluate_only', False, 'Re-run the evaluations of the run in --workdir from '
+                  'its checkpoint, without training.')
+flags.DEFINE_bool('overwrite', False, 'Delete a non-empty workdir and start again.')
+flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+
+
+def _fail(message: str) -> None:
+  print(f'train_meta: error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _ints(name: str) -> tuple[int, ...] | None:
+  values = FLAGS[name].value
+  if not values:
+    return None
+  try:
+    return tuple(int(v) for v in values)
+  except ValueError:
+    _fail(f'--{name} must be comma-separated integers, got {",".join(values)}')
+
+
+def main(argv):
+  if len(argv) > 1:
+    _fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not FLAGS.workdir:
+    _fail('--workdir is required')
+  if not FLAGS.evaluate_only and not FLAGS.zoo:
+    _fail('--zoo is required (the zoo workdir to read)')
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  # Imported here so that --help and flag errors stay fast.
+  from nws_jax import zoo as zoo_lib
+  from nws_jax.meta import pipeline
+  from nws_jax.meta import slices as slices_lib
+  from nws_jax.meta import store
+  from nws_jax.meta import train as train_lib
+
+  options = pipeline.EvalOptions(
+      ensemble_slices=FLAGS.ensemble_slices, positions=FLAGS.positions,
+      snapshot_slices=FLAGS.snapshot_slices, baseline=FLAGS.baseline)
+  try:
+    if FLAGS.evaluate_only:
+      results = pipeline.evaluate_workdir(FLAGS.workdir, options=options, zoo_dir=FLAGS.zoo)
+    else:
+      first, last = slices_lib.parse_snapshot_range(FLAGS.snapshots)
+      config = train_lib.MetaConfig(
+          properties=tuple(FLAGS.properties) or None, slice_length=FLAGS.slice_length,
+          part=FLAGS.part, first_snapshot=first, last_snapshot=last, epochs=FLAGS.epochs,
+          batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+          conv_widths=_ints('conv_widths'), dense_widths=_ints('dense_widths') or (),
+          seed=FLAGS.seed, test_fraction=FLAGS.test_fraction,
+          valid_fraction=FLAGS.valid_fraction, drop_failed=FLAGS.drop_failed)
+      results = pipeline.train_and_evaluate(config, FLAGS.zoo, FLAGS.workdir, options=options,
+                                            overwrite=FLAGS.overwrite, progress=FLAGS.progress)
+  except (ValueError, zoo_lib.ZooError, store.MetaWorkdirError) as e:
+    _fail(str(e))
+  print(pipeline.summary(results))
+  print(f'results in {FLAGS.workdir}: accuracy.csv, ensemble.csv, position.csv, snapshot.csv, '
+        'part.csv' + (', baseline.csv' if results.baseline is not None else '') + ' and PNGs')
+
+
+def _parse_flags(argv):
+  """absl's parser, but a bad flag exits 2 (absl exits 1), like every other usage error."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0])
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=_parse_flags)
