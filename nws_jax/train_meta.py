@@ -6,7 +6,8 @@ One meta-classifier per property (default: every property that varies in the zoo
 one vectorised program on random slices of the snapshots; then the evaluations (accuracy against
 chance, votes over many slices, accuracy against slice position and snapshot number, conv versus
 dense part) and a gradient-boosted-tree baseline, each as CSV and PNG in the workdir.
---evaluate_only reruns the evaluations from the saved checkpoint. Exit code 2 for bad flags, a
+--evaluate_only reruns the evaluations from the saved checkpoint (with the run's evaluation
+options, except those given as flags). Exit code 2 for bad flags, a
 missing or damaged zoo, an unknown or constant property, a slice longer than the weights, an empty
 snapshot range, or a non-empty workdir (unless --overwrite).
 """
@@ -45,6 +46,7 @@ flags.DEFINE_integer('positions', 100, 'Evenly spaced slice positions for positi
 flags.DEFINE_integer('snapshot_slices', 4, 'Random slices per snapshot for snapshot.csv and '
                      'part.csv.')
 flags.DEFINE_bool('baseline', True, 'Also fit the gradient-boosted-tree baseline.')
+flags.DEFINE_integer('baseline_threads', 1, 'OpenMP threads of the baseline\'s tree fits.')
 flags.DEFINE_bool('evaluate_only', False, 'Re-run the evaluations of the run in --workdir from '
                   'its checkpoint, without training.')
 flags.DEFINE_bool('overwrite', False, 'Delete a non-empty workdir and start again.')
@@ -82,12 +84,13 @@ def main(argv):
   from nws_jax.meta import store
   from nws_jax.meta import train as train_lib
 
-  options = pipeline.EvalOptions(
-      ensemble_slices=FLAGS.ensemble_slices, positions=FLAGS.positions,
-      snapshot_slices=FLAGS.snapshot_slices, baseline=FLAGS.baseline)
+  option_flags = ('ensemble_slices', 'positions', 'snapshot_slices', 'baseline',
+                  'baseline_threads')
   try:
     if FLAGS.evaluate_only:
-      results = pipeline.evaluate_workdir(FLAGS.workdir, options=options, zoo_dir=FLAGS.zoo)
+      # The run's saved evaluation options, except where a flag is given.
+      changed = {name: FLAGS[name].value for name in option_flags if FLAGS[name].present}
+      results = pipeline.evaluate_workdir(FLAGS.workdir, options=changed, zoo_dir=FLAGS.zoo)
     else:
       first, last = slices_lib.parse_snapshot_range(FLAGS.snapshots)
       config = train_lib.MetaConfig(
@@ -97,6 +100,7 @@ def main(argv):
           conv_widths=_ints('conv_widths'), dense_widths=_ints('dense_widths') or (),
           seed=FLAGS.seed, test_fraction=FLAGS.test_fraction,
           valid_fraction=FLAGS.valid_fraction, drop_failed=FLAGS.drop_failed)
+      options = pipeline.EvalOptions(**{name: FLAGS[name].value for name in option_flags})
       results = pipeline.train_and_evaluate(config, FLAGS.zoo, FLAGS.workdir, options=options,
                                             overwrite=FLAGS.overwrite, progress=FLAGS.progress)
   except (ValueError, zoo_lib.ZooError, store.MetaWorkdirError) as e:

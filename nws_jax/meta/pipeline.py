@@ -29,15 +29,22 @@ from nws_jax.meta import train as train_lib
 class EvalOptions:
   """ensemble_slices: slices per test snapshot for accuracy.csv and the votes; positions: P of
   position.csv; snapshot_slices: slices per snapshot for snapshot.csv and part.csv; baseline:
-  whether to fit the gradient-boosted trees; baseline_slices: their slices per snapshot."""
+  whether to fit the gradient-boosted trees; baseline_slices: their slices per snapshot;
+  baseline_threads: OpenMP threads of the tree fits (scikit-learn's default, every core, spins
+  and slows down many-fold when the cores are shared, as with JAX's pool next to it)."""
   ensemble_slices: int = 20
   positions: int = 100
   snapshot_slices: int = 4
   baseline: bool = True
   baseline_slices: int = 4
+  baseline_threads: int = 1
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
 
   def validate(self) -> None:
-    for name in ('ensemble_slices', 'positions', 'snapshot_slices', 'baseline_slices'):
+    for name in ('ensemble_slices', 'positions', 'snapshot_slices', 'baseline_slices',
+                 'baseline_threads'):
       if getattr(self, name) < 1:
         raise ValueError(f'{name} must be at least 1, got {getattr(self, name)}')
 
@@ -87,11 +94,14 @@ def train_and_evaluate(config: train_lib.MetaConfig, zoo_dir: str, workdir: str,
   return evaluate_run(run, zoo, workdir, options)
 
 
-def evaluate_workdir(workdir: str, *, options: EvalOptions = EvalOptions(),
+def evaluate_workdir(workdir: str, *, options: dict | None = None,
                      zoo_dir: str | None = None) -> Results:
-  """Reruns the evaluations of a saved run (on its own zoo unless `zoo_dir` is given)."""
-  options.validate()
+  """Reruns the evaluations of a saved run (on its own zoo unless `zoo_dir` is given), with the
+  run's saved EvalOptions updated by `options` (field name -> value)."""
   run = store.load_run(workdir)
+  options = dataclasses.replace(EvalOptions(**store.read_eval_options(workdir)),
+                                **(options or {}))
+  options.validate()
   _, saved_zoo = store.read_config(workdir)
   zoo = load_zoo_for_meta(zoo_dir or saved_zoo)
   return evaluate_run(run, zoo, workdir, options)
@@ -110,8 +120,10 @@ def evaluate_run(run: train_lib.MetaRun, zoo: zoo_lib.Zoo, workdir: str,
   if options.baseline:
     baseline = baseline_lib.run_baseline(zoo.table, zoo.snapshots, run.split, run.targets,
                                          run.config.slice_spec,
-                                         slices_per_snapshot=options.baseline_slices, seed=seed)
+                                         slices_per_snapshot=options.baseline_slices, seed=seed,
+                                         n_threads=options.baseline_threads)
   results = Results(accuracy, ensemble, position, snapshot, part, baseline, run.history)
+  store.save_eval_options(workdir, options.to_json())
   write_results(results, workdir, boundary,
                 (run.config.first_snapshot, run.config.last_snapshot))
   return results
@@ -124,6 +136,8 @@ def write_results(results: Results, workdir: str, boundary: float,
     zoo_lib.write_csv_atomic(getattr(results, name), path(f'{name}.csv'))
   if results.baseline is not None:
     zoo_lib.write_csv_atomic(results.baseline, path('baseline.csv'))
+  elif os.path.exists(path('baseline.csv')):
+    os.remove(path('baseline.csv'))  # from an earlier evaluation; it would no longer match
   plots.plot_accuracy(results.accuracy, path('accuracy.png'), baseline=results.baseline)
   plots.plot_ensemble(results.ensemble, path('ensemble.png'))
   plots.plot_position(results.position, path('position.png'), boundary)

@@ -6,6 +6,7 @@ Layout:
   split.json     the meta-train / validation / meta-test models (rows of the zoo's models.csv)
   checkpoint/    Orbax: the kept parameters and batch statistics of every member, [P, ...]
   history.csv    per epoch and property: training loss, validation score
+  evaluation.json  the evaluation options last used (reused by --evaluate_only)
   accuracy.csv, ensemble.csv, position.csv, snapshot.csv, part.csv, baseline.csv and their PNGs
 """
 
@@ -30,6 +31,7 @@ RUN_FILE = 'run.json'
 SPLIT_FILE = 'split.json'
 CHECKPOINT_DIR = 'checkpoint'
 HISTORY_FILE = 'history.csv'
+EVAL_FILE = 'evaluation.json'
 
 
 class MetaWorkdirError(RuntimeError):
@@ -108,3 +110,17 @@ def load_run(workdir: str) -> train_lib.MetaRun:
   split = split_lib.load_split(os.path.join(workdir, SPLIT_FILE))
   return train_lib.MetaRun(config, targets, split, spec, restored['params'],
                            restored['batch_stats'], history)
+
+
+def save_eval_options(workdir: str, options: dict) -> None:
+  zoo_lib.write_json_atomic(options, os.path.join(workdir, EVAL_FILE))
+
+
+def read_eval_options(workdir: str) -> dict:
+  """The evaluation options last used in `workdir` ({} if none were saved)."""
+  import json
+  path = os.path.join(workdir, EVAL_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)

@@ -78,7 +78,7 @@ def make_targets(table: pd.DataFrame, names: Sequence[str],
     column = table[name]
     if column.nunique() < 2:
       raise PropertyError(f'property {name!r} does not vary in this zoo (always '
-                          f'{column.iloc[0]!r}); nothing to learn')
+                          f'{_plain(column.iloc[0])!r}); nothing to learn')
     if name in REGRESSION_PROPERTIES:
       values = column.to_numpy(np.float64)[train_models]
       std = float(values.std()) or 1.0
