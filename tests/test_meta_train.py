@@ -184,3 +184,21 @@ def test_a_damaged_checkpoint_is_a_clear_error(tmp_path, trained, synthetic_zoo_
   (tmp_path / store.CHECKPOINT_DIR).mkdir()
   with pytest.raises(store.MetaWorkdirError, match='cannot read'):
     store.load_run(str(tmp_path))
+
+
+def test_summary_shows_chance_the_baseline_and_the_mae_ratio():
+  import pandas as pd
+  from nws_jax.meta import pipeline
+  accuracy = pd.DataFrame(dict(property=['optimizer', 'lrate'], metric=['accuracy', 'mae'],
+                               value=[0.9, 0.001], chance=[0.4, 0.002], n_test_models=[5, 5]))
+  baseline = pd.DataFrame(dict(property=['optimizer', 'lrate'], method=['gbt_slice'] * 2,
+                               metric=['accuracy', 'mae'], value=[0.7, 0.0015],
+                               chance=[0.4, 0.002], n_test_models=[5, 5]))
+  empty = pd.DataFrame()
+  text = pipeline.summary(pipeline.Results(accuracy, empty, empty, empty, empty, baseline, empty))
+  lines = text.splitlines()
+  assert lines[0].split() == ['property', 'metric', 'meta', 'chance', 'gbt_slice', 'test',
+                              'models']
+  assert lines[1].split() == ['optimizer', 'accuracy', '0.900', '0.400', '0.700', '5']
+  assert lines[2].split() == ['lrate', 'mae', '1.00e-03', '2.00e-03', '1.50e-03', '5']
+  assert 'lrate: MAE / MAE of predicting the training mean = 0.50' in text

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import numpy as np
 import pandas as pd
 
 from nws_jax import zoo as zoo_lib
@@ -61,11 +60,6 @@ class Results:
   history: pd.DataFrame
 
 
-def load_zoo_for_meta(zoo_dir: str) -> zoo_lib.Zoo:
-  """load_zoo, with a one-line ZooError for anything missing or damaged."""
-  return zoo_lib.load_zoo(zoo_dir)
-
-
 def plan(config: train_lib.MetaConfig, zoo: zoo_lib.Zoo):
   """(split, targets) for `config` on `zoo`; raises ValueError subclasses, one line, for a config
   this zoo cannot satisfy. Touches no file."""
@@ -85,7 +79,7 @@ def plan(config: train_lib.MetaConfig, zoo: zoo_lib.Zoo):
 def train_and_evaluate(config: train_lib.MetaConfig, zoo_dir: str, workdir: str, *,
                        options: EvalOptions = EvalOptions(), overwrite: bool = False,
                        progress: bool = False) -> Results:
-  zoo = load_zoo_for_meta(zoo_dir)
+  zoo = zoo_lib.load_zoo(zoo_dir)
   options.validate()
   split, targets = plan(config, zoo)
   store.prepare_workdir(workdir, overwrite=overwrite)
@@ -103,7 +97,7 @@ def evaluate_workdir(workdir: str, *, options: dict | None = None,
                                 **(options or {}))
   options.validate()
   _, saved_zoo = store.read_config(workdir)
-  zoo = load_zoo_for_meta(zoo_dir or saved_zoo)
+  zoo = zoo_lib.load_zoo(zoo_dir or saved_zoo)
   return evaluate_run(run, zoo, workdir, options)
 
 
@@ -163,6 +157,10 @@ def summary(results: Results) -> str:
       cells.append(f' {_fmt(b["value"].iloc[0], row.metric) if len(b) else "-":>10}')
     cells.append(f' {row.n_test_models:>11}')
     lines.append(''.join(cells))
+  for row in results.accuracy.itertuples():
+    if row.metric == 'mae' and row.chance > 0:
+      lines.append(f'{row.property}: MAE / MAE of predicting the training mean = '
+                   f'{row.value / row.chance:.2f} (below 1 beats the mean)')
   lines.append('(accuracy: fraction of single random slices classified right; mae: mean absolute '
                'error of lrate; chance: a constant guess)')
   return '\n'.join(lines)

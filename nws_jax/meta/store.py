@@ -12,11 +12,11 @@ Layout:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 import pandas as pd
 
@@ -71,7 +71,6 @@ def save_run(workdir: str, run: train_lib.MetaRun, zoo_dir: str) -> None:
 
 def read_config(workdir: str) -> tuple[train_lib.MetaConfig, str]:
   """(the run's MetaConfig, the zoo directory it read)."""
-  import json
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise MetaWorkdirError(f'{workdir} holds no meta-classifier run ({CONFIG_FILE} is missing)')
@@ -82,7 +81,6 @@ def read_config(workdir: str) -> tuple[train_lib.MetaConfig, str]:
 
 def load_run(workdir: str) -> train_lib.MetaRun:
   """Reads a trained stack back; raises MetaWorkdirError naming what is missing or damaged."""
-  import json
   config, _ = read_config(workdir)
   for name in (RUN_FILE, SPLIT_FILE, CHECKPOINT_DIR, HISTORY_FILE):
     if not os.path.exists(os.path.join(workdir, name)):
@@ -118,7 +116,6 @@ def save_eval_options(workdir: str, options: dict) -> None:
 
 def read_eval_options(workdir: str) -> dict:
   """The evaluation options last used in `workdir` ({} if none were saved)."""
-  import json
   path = os.path.join(workdir, EVAL_FILE)
   if not os.path.exists(path):
     return {}
