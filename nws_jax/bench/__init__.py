@@ -1,0 +1,9 @@
+"""Benchmarks: `python -m nws_jax.bench --suite=zoo|roofline|meta|io|all`.
+
+common.py    BenchConfig, the device description and the timing helper every suite uses
+zoo.py       vectorised zoo trainer against a per-model loop: model-steps/s, images/s, compile
+roofline.py  achieved FLOP/s of the training step against the measured matmul peak; memory
+meta.py      meta-classifier slice-reads/s: one property against all in one program
+io.py        snapshot saving (and its stall of training) and slice-read throughput
+report.py    the stdout table and the JSON lines
+"""

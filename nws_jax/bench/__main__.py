@@ -1,0 +1,104 @@
+r"""Benchmarks of nws_jax: how much vectorising buys, and how close it runs to the machine.
+
+  python -m nws_jax.bench --suite=zoo --num_models=32 --json_out=/tmp/zoo.jsonl
+  python -m nws_jax.bench --suite=all
+
+Suites: zoo (vectorised trainer against a per-model loop), roofline (achieved FLOP/s against the
+measured matmul peak, memory per model), meta (meta-classifiers: one property against all in
+one program), io (snapshot saving and its stall, slice reads). Prints a table per suite; with
+--json_out, one JSON line per measurement. Exit code 2 for bad flags.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+SUITES = ('zoo', 'roofline', 'meta', 'io')
+FLAGS = flags.FLAGS
+
+flags.DEFINE_list('suite', ['zoo'], 'Suites to run, comma-separated, among: '
+                  + ','.join(SUITES) + ', or all.')
+flags.DEFINE_list('num_models', [], 'Zoo sizes N, comma-separated (default: 1,8,32 on a CPU; '
+                  '1,8,32,128,256,1024 on an accelerator, as memory allows).')
+flags.DEFINE_integer('batch_size', 64, 'Images per model-step (slices per meta step).')
+flags.DEFINE_integer('steps', 16, 'Training steps per timed call.')
+flags.DEFINE_integer('repeats', 2, 'Timed calls per measurement (mean).')
+flags.DEFINE_integer('loop_models', 4, 'Models timed one at a time for the per-model loop.')
+flags.DEFINE_enum('conv_impl', 'auto', ['auto', 'im2col', 'lax'], 'Convolution formulation.')
+flags.DEFINE_integer('meta_num_models', 48, 'Models of the meta suite\'s synthetic zoo.')
+flags.DEFINE_integer('meta_slice_length', 500, 'Slice length of the meta suite.')
+flags.DEFINE_list('meta_conv_widths', ['8', '16', '32', '32', '32', '32'],
+                  'Conv widths of the meta suite\'s meta-classifiers.')
+flags.DEFINE_list('meta_dense_widths', ['256', '64'], 'Dense widths of the meta suite.')
+flags.DEFINE_string('workdir', None, 'Where the io suite writes (default: a temporary dir).')
+flags.DEFINE_string('json_out', None, 'Write every measurement as a JSON line to this file.')
+
+
+def _fail(message: str) -> None:
+  print(f'bench: error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _ints(name: str) -> tuple[int, ...]:
+  try:
+    return tuple(int(v) for v in FLAGS[name].value)
+  except ValueError:
+    _fail(f'--{name} must be comma-separated integers, got {",".join(FLAGS[name].value)}')
+
+
+def main(argv):
+  if len(argv) > 1:
+    _fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  suites = list(SUITES) if 'all' in FLAGS.suite else list(dict.fromkeys(FLAGS.suite))
+  unknown = [s for s in suites if s not in SUITES]
+  if unknown or not suites:
+    _fail(f'unknown suite {unknown[0] if unknown else "(none)"!r}; choose from: '
+          + ', '.join(SUITES + ('all',)))
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  import importlib
+  import os
+
+  from nws_jax.bench import common
+  from nws_jax.bench import report
+
+  config = common.BenchConfig(
+      num_models=_ints('num_models') or None, batch_size=FLAGS.batch_size, steps=FLAGS.steps,
+      repeats=FLAGS.repeats, loop_models=FLAGS.loop_models, conv_impl=FLAGS.conv_impl,
+      meta_num_models=FLAGS.meta_num_models, meta_slice_length=FLAGS.meta_slice_length,
+      meta_conv_widths=_ints('meta_conv_widths'), meta_dense_widths=_ints('meta_dense_widths'),
+      workdir=FLAGS.workdir)
+  try:
+    config.validate()
+  except ValueError as e:
+    _fail(str(e))
+  if FLAGS.json_out and not os.path.isdir(os.path.dirname(os.path.abspath(FLAGS.json_out))):
+    _fail(f'--json_out: no directory {os.path.dirname(os.path.abspath(FLAGS.json_out))}')
+  out = report.JsonLines(FLAGS.json_out) if FLAGS.json_out else None
+  rows = []
+  for suite in suites:
+    module = importlib.import_module(f'nws_jax.bench.{suite}')
+    for row in module.run(config):
+      rows.append(row)
+      if out:
+        out.write(row)
+      print(f'[{suite}] ' + ', '.join(f'{k}={v}' for k, v in row.items()
+                                      if k not in ('suite', 'date', 'jax', 'backend')),
+            file=sys.stderr, flush=True)
+  if out:
+    out.close()
+  print(report.format_table(rows))
+
+
+def _parse_flags(argv):
+  """absl's parser, but a bad flag exits 2 (absl exits 1), like every other usage error."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0])
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,80 @@
+"""What every benchmark suite shares: its options, the device description, timing.
+
+A suite is a module with `run(config: BenchConfig) -> Iterator[dict]`: one dict (a row of the
+report, a JSON line) per measurement, each carrying `suite` and the `device_fields()`.
+Timings exclude compilation (each program runs once before it is timed) unless a field says
+`compile_s`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import time
+from typing import Callable
+
+import jax
+
+CPU_NUM_MODELS = (1, 8, 32)
+ACCELERATOR_NUM_MODELS = (1, 8, 32, 128, 256, 1024)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+  """num_models: zoo sizes N to measure (None: CPU_NUM_MODELS on a CPU, else
+  ACCELERATOR_NUM_MODELS); batch_size: images per model-step; steps: training steps per timed
+  call; repeats: timed calls (mean); loop_models: models timed one by one for the per-model loop
+  (its rate is per model, so it extrapolates); conv_impl: 'auto', 'im2col' or 'lax';
+  meta_*: the meta suite's slice length and widths; workdir: where the io suite writes (None: a
+  temporary directory)."""
+  num_models: tuple[int, ...] | None = None
+  batch_size: int = 64
+  steps: int = 16
+  repeats: int = 2
+  loop_models: int = 4
+  conv_impl: str = 'auto'
+  meta_num_models: int = 48
+  meta_slice_length: int = 500
+  meta_conv_widths: tuple[int, ...] = (8, 16, 32, 32, 32, 32)
+  meta_dense_widths: tuple[int, ...] = (256, 64)
+  workdir: str | None = None
+  seed: int = 0
+
+  def sizes(self) -> tuple[int, ...]:
+    if self.num_models:
+      return tuple(self.num_models)
+    return CPU_NUM_MODELS if jax.default_backend() == 'cpu' else ACCELERATOR_NUM_MODELS
+
+  def validate(self) -> None:
+    """Raises ValueError (one line) for options no suite can run with."""
+    for name in ('batch_size', 'steps', 'repeats', 'loop_models', 'meta_num_models',
+                 'meta_slice_length'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'{name} must be at least 1, got {getattr(self, name)}')
+    if self.num_models is not None and min(self.num_models, default=1) < 1:
+      raise ValueError(f'num_models must be positive, got {list(self.num_models)}')
+    if self.conv_impl not in ('auto', 'im2col', 'lax'):
+      raise ValueError(f'unknown conv_impl {self.conv_impl!r}')
+
+
+def device_fields() -> dict:
+  """Which machine and software measured a row."""
+  device = jax.devices()[0]
+  return dict(device=device.device_kind, backend=jax.default_backend(),
+              num_devices=jax.device_count(), jax=jax.__version__,
+              date=datetime.date.today().isoformat())
+
+
+def time_calls(fn: Callable[[], object], repeats: int) -> float:
+  """Mean wall seconds of `fn()` over `repeats` calls, each waited for on the device; call it
+  once yourself first if its compile must be excluded."""
+  t0 = time.perf_counter()
+  for _ in range(repeats):
+    jax.block_until_ready(fn())
+  return (time.perf_counter() - t0) / repeats
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+  """Whether `error` is XLA's out-of-memory (a suite then reports the size as too large)."""
+  text = str(error)
+  return 'RESOURCE_EXHAUSTED' in text or 'Out of memory' in text or 'out of memory' in text
