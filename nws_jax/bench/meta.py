@@ -91,8 +91,8 @@ class _Members:
     self._data, self._spec, self._config = data, spec, meta_config
     self._labels, self._values = data.labels[which], data.values[which]
     self._is_regression, self._num_classes = data.is_regression[which], data.num_classes[which]
-    self._keys = train._member_keys(meta_config.seed, data.codes[which])
-    self._seed_key = train._seed_key(meta_config.seed)
+    self._keys = train.member_keys_for(meta_config.seed, data.codes[which])
+    self._seed_key = train.seed_key_for(meta_config.seed)
     self._pairs = [jnp.asarray(a) for a in data.train_pairs]
     self._state = state
     self._epoch = 0
@@ -146,7 +146,7 @@ def run(config: common.BenchConfig) -> Iterator[dict]:
 
     # Each member initialised alone (one P = 1 program); the stack is their concatenation,
     # the same state init_members would give it, without compiling a second initialiser.
-    keys = train._member_keys(meta_config.seed, data.codes)
+    keys = train.member_keys_for(meta_config.seed, data.codes)
     singles = [train.init_members(keys[i:i + 1], spec=spec,
                                   learning_rate=meta_config.learning_rate) for i in range(p)]
     stacked = _Members(data, slice(0, p), spec, meta_config,

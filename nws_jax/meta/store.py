@@ -92,7 +92,8 @@ def load_run(workdir: str) -> train_lib.MetaRun:
   s = saved['spec']
   spec = model_lib.ModelSpec(s['slice_length'], tuple(s['conv_widths']),
                              tuple(s['dense_widths']), s['num_outputs'])
-  member_keys = train_lib._member_keys(config.seed, jax.numpy.asarray([t.code for t in targets]))
+  codes = jax.numpy.asarray([t.code for t in targets])
+  member_keys = train_lib.member_keys_for(config.seed, codes)
   abstract = jax.eval_shape(lambda k: train_lib.init_members(
       k, spec=spec, learning_rate=config.learning_rate), member_keys)
   target = {'params': abstract['params'], 'batch_stats': abstract['batch_stats']}

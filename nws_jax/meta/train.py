@@ -156,12 +156,14 @@ _ORDER, _SLICES, _VALID = 1, 2, 3
 _INIT, _BALANCE, _DROPOUT = 0, 1, 2
 
 
-def _seed_key(seed: int) -> jax.Array:
+def seed_key_for(seed: int) -> jax.Array:
+  """The key of a run's shared draws (epoch order, slice offsets, validation slices)."""
   return jax.random.key(seed)
 
 
-def _member_keys(seed: int, codes: jax.Array) -> jax.Array:
-  base = _seed_key(seed)
+def member_keys_for(seed: int, codes: jax.Array) -> jax.Array:
+  """Keys [P] of the meta-classifiers of the properties with PROTOCOL indices `codes` [P]."""
+  base = seed_key_for(seed)
   return jax.vmap(lambda c: jax.random.fold_in(base, 1000 + c))(codes)
 
 
@@ -340,8 +342,8 @@ def fit(config: MetaConfig, table: pd.DataFrame, snapshots: np.ndarray,
   """Trains one meta-classifier per target, all in one program, and keeps each one's best."""
   spec = model_spec(config, targets, table)
   data = prepare(config, table, snapshots, split, targets)
-  seed_key = _seed_key(config.seed)
-  member_keys = _member_keys(config.seed, data.codes)
+  seed_key = seed_key_for(config.seed)
+  member_keys = member_keys_for(config.seed, data.codes)
   state = init_members(member_keys, spec=spec, learning_rate=config.learning_rate)
 
   valid_models, valid_snaps = data.valid_pairs
