@@ -196,6 +196,20 @@ def _draw_bars(ax, metric: str, props: Sequence[str], series, chance: dict[str, 
   ax.set_axisbelow(True)
 
 
+def _bar_chart(props: Sequence[str], metrics: dict[str, str], series, chance: dict[str, float],
+               title: str, path) -> None:
+  """Grouped bars of `series` per property on an accuracy and/or an MAE-ratio panel, with the
+  chance marks, a title and one legend; saved to `path`."""
+  fig = _figure(_bar_width(len(props), len(series)), HEIGHT)
+  panels = _bar_panels(fig, props, metrics)
+  label_values = len(props) * len(series) <= _MAX_VALUE_LABELS
+  for ax, metric, ps in panels:
+    _draw_bars(ax, metric, ps, series, chance, label_values=label_values)
+  fig.suptitle(title, fontsize=11)
+  _bar_legend(fig, series, panels)
+  _save(fig, path)
+
+
 def _bar_legend(fig, series, panels) -> None:
   """One legend below the panels: a swatch per series (drawn or not), then the chance marks."""
   handles = [matplotlib.patches.Patch(facecolor=colour, hatch=hatch, label=label,
@@ -248,16 +262,10 @@ def plot_accuracy(accuracy: pd.DataFrame, path, baseline: pd.DataFrame | None = 
       series.append((str(method), colours(i + 1), hatches[i % len(hatches)],
                      dict(zip(rows['property'], rows['value'])),
                      dict(zip(rows['property'], rows['chance']))))
-  fig = _figure(_bar_width(len(props), len(series)), HEIGHT)
-  panels = _bar_panels(fig, props, metrics)
-  label_values = len(props) * len(series) <= _MAX_VALUE_LABELS
-  for ax, metric, ps in panels:
-    _draw_bars(ax, metric, ps, series, chance, label_values=label_values)
   n = _count_text(acc['n_test_models'])
   what = 'meta-classifier vs. statistics baseline' if baseline is not None else 'meta-classifier'
-  fig.suptitle(f'Single-slice score per property, {what} (n = {n} meta-test models)', fontsize=11)
-  _bar_legend(fig, series, panels)
-  _save(fig, path)
+  _bar_chart(props, metrics, series, chance,
+             f'Single-slice score per property, {what} (n = {n} meta-test models)', path)
 
 
 def plot_ensemble(ensemble: pd.DataFrame, path) -> None:
@@ -279,17 +287,10 @@ def plot_ensemble(ensemble: pd.DataFrame, path) -> None:
                 ('single', 'single slice'),
                 ('majority', 'majority vote (median for MAE)'),
                 ('mean_prob', 'mean-probability vote (mean for MAE)')))]
-  fig = _figure(_bar_width(len(props), len(series)), HEIGHT)
-  panels = _bar_panels(fig, props, metrics)
-  label_values = len(props) * len(series) <= _MAX_VALUE_LABELS
-  for ax, metric, ps in panels:
-    _draw_bars(ax, metric, ps, series, chance, label_values=label_values)
   k = _count_text(ens['slices_per_snapshot'])
   n = _count_text(ens['n_test_models'])
-  fig.suptitle(f'Ensembles: votes over {k} slices per snapshot (n = {n} meta-test models)',
-               fontsize=11)
-  _bar_legend(fig, series, panels)
-  _save(fig, path)
+  _bar_chart(props, metrics, series, chance,
+             f'Ensembles: votes over {k} slices per snapshot (n = {n} meta-test models)', path)
 
 
 def _line_panels(fig, frame: pd.DataFrame, sharex: bool = True):
@@ -427,15 +428,8 @@ def plot_part(part: pd.DataFrame, path) -> None:
     rows = frame[frame['part'] == name]
     series.append((named.get(name, name), colours(i), None,
                    dict(zip(rows['property'], pd.to_numeric(rows['value'], errors='coerce')))))
-  fig = _figure(_bar_width(len(props), len(series)), HEIGHT)
-  panels = _bar_panels(fig, props, metrics)
-  label_values = len(props) * len(series) <= _MAX_VALUE_LABELS
-  for ax, metric, ps in panels:
-    _draw_bars(ax, metric, ps, series, chance, label_values=label_values)
-  fig.suptitle('Score by part of the weight vector read (n/a: part shorter than a slice)',
-               fontsize=11)
-  _bar_legend(fig, series, panels)
-  _save(fig, path)
+  _bar_chart(props, metrics, series, chance,
+             'Score by part of the weight vector read (n/a: part shorter than a slice)', path)
 
 
 def plot_history(history: pd.DataFrame, path,
