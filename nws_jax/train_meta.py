@@ -12,11 +12,13 @@ missing or damaged zoo, an unknown or constant property, a slice longer than the
 snapshot range, or a non-empty workdir (unless --overwrite).
 """
 
-import sys
+import functools
 
 from absl import app
 from absl import flags
 from absl import logging
+
+from nws_jax import cli
 
 FLAGS = flags.FLAGS
 
@@ -53,19 +55,8 @@ flags.DEFINE_bool('overwrite', False, 'Delete a non-empty workdir and start agai
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 
 
-def _fail(message: str) -> None:
-  print(f'train_meta: error: {message}', file=sys.stderr)
-  sys.exit(2)
-
-
-def _ints(name: str) -> tuple[int, ...] | None:
-  values = FLAGS[name].value
-  if not values:
-    return None
-  try:
-    return tuple(int(v) for v in values)
-  except ValueError:
-    _fail(f'--{name} must be comma-separated integers, got {",".join(values)}')
+_fail = functools.partial(cli.fail, 'train_meta')
+_int_list = functools.partial(cli.int_list, 'train_meta')
 
 
 def main(argv):
@@ -97,7 +88,7 @@ def main(argv):
           properties=tuple(FLAGS.properties) or None, slice_length=FLAGS.slice_length,
           part=FLAGS.part, first_snapshot=first, last_snapshot=last, epochs=FLAGS.epochs,
           batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
-          conv_widths=_ints('conv_widths'), dense_widths=_ints('dense_widths') or (),
+          conv_widths=_int_list('conv_widths') or None, dense_widths=_int_list('dense_widths'),
           seed=FLAGS.seed, test_fraction=FLAGS.test_fraction,
           valid_fraction=FLAGS.valid_fraction, drop_failed=FLAGS.drop_failed)
       options = pipeline.EvalOptions(**{name: FLAGS[name].value for name in option_flags})
@@ -110,13 +101,5 @@ def main(argv):
         'part.csv' + (', baseline.csv' if results.baseline is not None else '') + ' and PNGs')
 
 
-def _parse_flags(argv):
-  """absl's parser, but a bad flag exits 2 (absl exits 1), like every other usage error."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    _fail(str(e).splitlines()[0])
-
-
 if __name__ == '__main__':
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.flags_parser('train_meta'))

@@ -8,12 +8,13 @@ Exit code 2 for bad flags, an unknown or unprepared dataset, or a workdir that i
 (unless --resume or --overwrite).
 """
 
-import sys
+import functools
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from nws_jax import cli
 from nws_jax import datasets as datasets_lib
 
 FLAGS = flags.FLAGS
@@ -45,9 +46,7 @@ flags.DEFINE_bool('overwrite', False, 'Delete a non-empty workdir and start agai
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 
 
-def _fail(message: str) -> None:
-  print(f'train_zoo: error: {message}', file=sys.stderr)
-  sys.exit(2)
+_fail = functools.partial(cli.fail, 'train_zoo')
 
 
 def summary(zoo) -> str:
@@ -99,13 +98,5 @@ def main(argv):
   print(f'snapshots {zoo.snapshots.shape} float32 in {FLAGS.workdir}')
 
 
-def _parse_flags(argv):
-  """absl's parser, but a bad flag exits 2 (absl exits 1), like every other usage error."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    _fail(str(e).splitlines()[0])
-
-
 if __name__ == '__main__':
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.flags_parser('train_zoo'))

@@ -9,11 +9,14 @@ one program), io (snapshot saving and its stall, slice reads). Prints a table pe
 --json_out, one JSON line per measurement. Exit code 2 for bad flags.
 """
 
+import functools
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+
+from nws_jax import cli
 
 SUITES = ('zoo', 'roofline', 'meta', 'io')
 FLAGS = flags.FLAGS
@@ -36,16 +39,8 @@ flags.DEFINE_string('workdir', None, 'Where the io suite writes (default: a temp
 flags.DEFINE_string('json_out', None, 'Write every measurement as a JSON line to this file.')
 
 
-def _fail(message: str) -> None:
-  print(f'bench: error: {message}', file=sys.stderr)
-  sys.exit(2)
-
-
-def _ints(name: str) -> tuple[int, ...]:
-  try:
-    return tuple(int(v) for v in FLAGS[name].value)
-  except ValueError:
-    _fail(f'--{name} must be comma-separated integers, got {",".join(FLAGS[name].value)}')
+_fail = functools.partial(cli.fail, 'bench')
+_int_list = functools.partial(cli.int_list, 'bench')
 
 
 def main(argv):
@@ -65,10 +60,11 @@ def main(argv):
   from nws_jax.bench import report
 
   config = common.BenchConfig(
-      num_models=_ints('num_models') or None, batch_size=FLAGS.batch_size, steps=FLAGS.steps,
+      num_models=_int_list('num_models') or None, batch_size=FLAGS.batch_size, steps=FLAGS.steps,
       repeats=FLAGS.repeats, loop_models=FLAGS.loop_models, conv_impl=FLAGS.conv_impl,
       meta_num_models=FLAGS.meta_num_models, meta_slice_length=FLAGS.meta_slice_length,
-      meta_conv_widths=_ints('meta_conv_widths'), meta_dense_widths=_ints('meta_dense_widths'),
+      meta_conv_widths=_int_list('meta_conv_widths'),
+      meta_dense_widths=_int_list('meta_dense_widths'),
       workdir=FLAGS.workdir)
   try:
     config.validate()
@@ -92,13 +88,5 @@ def main(argv):
   print(report.format_table(rows))
 
 
-def _parse_flags(argv):
-  """absl's parser, but a bad flag exits 2 (absl exits 1), like every other usage error."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    _fail(str(e).splitlines()[0])
-
-
 if __name__ == '__main__':
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.flags_parser('bench'))

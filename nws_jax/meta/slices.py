@@ -106,7 +106,7 @@ def gather(snapshots: jax.Array, model_idx: jax.Array, snap_idx: jax.Array, offs
 
 def random_slices(key: jax.Array, snapshots: jax.Array, model_idx: jax.Array,
                   snap_idx: jax.Array, lo: jax.Array, hi: jax.Array, length: int) -> jax.Array:
-  """One fresh random slice [B, length] per pair, inside each model's [lo, hi) (lo, hi: [models])."""
+  """One fresh random slice [B, length] per pair, inside its model's [lo, hi) (lo, hi: [models])."""
   offsets = random_offsets(key, lo[model_idx], hi[model_idx], length)
   return gather(snapshots, model_idx, snap_idx, offsets, length)
 
