@@ -154,3 +154,15 @@ def test_chance_is_the_best_constant_guess():
   # Always predicting the training mean 0.0015 on test lrates 0.003, 0.004.
   assert targets_lib.chance(lrate, table, np.array([0, 1]),
                             np.array([2, 3])) == pytest.approx(0.002)
+
+
+def test_random_triples_repeat_each_pair_and_stay_inside_bounds():
+  lo, hi = np.array([0, 30, 10]), np.array([30, 50, 12])
+  m, s, o = slices.random_triples(np.random.default_rng(0), np.array([2, 1]), np.array([19, 20]),
+                                  lo, hi, 2, per_snapshot=3)
+  assert m.tolist() == [2] * 6 + [1] * 6
+  assert s.tolist() == [18] * 3 + [19] * 3 + [18] * 3 + [19] * 3
+  assert (o >= lo[m]).all() and (o + 2 <= hi[m]).all() and o.dtype == np.int32
+  again = slices.random_triples(np.random.default_rng(0), np.array([2, 1]), np.array([19, 20]),
+                                lo, hi, 2, per_snapshot=3)
+  assert np.array_equal(o, again[2])

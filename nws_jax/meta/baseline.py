@@ -266,10 +266,9 @@ def run_baseline(table: pd.DataFrame, snapshots: np.ndarray, split: split_lib.Mo
   numbers = spec.snapshot_numbers
 
   def draw(models: np.ndarray, stream: int):
-    m, s = slices_lib.pairs(models, numbers)
-    m, s = np.repeat(m, slices_per_snapshot), np.repeat(s, slices_per_snapshot)
     rng = np.random.default_rng([seed, _SEED_TAG, stream])
-    offsets = lo[m] + rng.integers(0, hi[m] - lo[m] - spec.length + 1)
+    m, s, offsets = slices_lib.random_triples(rng, models, numbers, lo, hi, spec.length,
+                                              slices_per_snapshot)
     return m, _gather_slice_features(snapshots, m, s, offsets, spec.length)
 
   features = {'gbt_slice': (draw(train_models, 0), draw(test_models, 1))}

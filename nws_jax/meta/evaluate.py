@@ -99,10 +99,9 @@ def _score(target, predicted: np.ndarray, true: np.ndarray) -> float:
 def _random_triples(ctx: EvalContext, models: np.ndarray, snapshot_numbers: np.ndarray,
                     part: str, per_snapshot: int, rng: np.random.Generator):
   """(models, 0-based snapshots, offsets) [T·S'·per_snapshot], pair-major."""
-  m, s = slices_lib.pairs(models, snapshot_numbers)
-  m, s = np.repeat(m, per_snapshot), np.repeat(s, per_snapshot)
   lo, hi = ctx.bounds(part)
-  return m, s, train_lib.random_offsets_np(rng, lo[m], hi[m], ctx.run.spec.slice_length)
+  return slices_lib.random_triples(rng, models, snapshot_numbers, lo, hi,
+                                   ctx.run.spec.slice_length, per_snapshot)
 
 
 def evaluate_slices(ctx: EvalContext, slices_per_snapshot: int = 20,

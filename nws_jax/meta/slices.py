@@ -111,6 +111,24 @@ def random_slices(key: jax.Array, snapshots: jax.Array, model_idx: jax.Array,
   return gather(snapshots, model_idx, snap_idx, offsets, length)
 
 
+def random_offsets_host(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray,
+                        length: int) -> np.ndarray:
+  """Host-side uniform slice starts in [lo, hi - length] per element (int32), for slices that
+  must stay fixed (validation, evaluation, the baseline)."""
+  return (lo + rng.integers(0, hi - lo - length + 1)).astype(np.int32)
+
+
+def random_triples(rng: np.random.Generator, models: np.ndarray, snapshot_numbers: np.ndarray,
+                   lo: np.ndarray, hi: np.ndarray, length: int,
+                   per_snapshot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`per_snapshot` random slices of every (model, snapshot) pair, host-side: (model indices,
+  0-based snapshot indices, slice starts), int32 [len(models) · len(snapshot_numbers) ·
+  per_snapshot] each, pair-major; starts inside each model's [lo, hi) (lo, hi: [all models])."""
+  m, s = pairs(models, snapshot_numbers)
+  m, s = np.repeat(m, per_snapshot), np.repeat(s, per_snapshot)
+  return m, s, random_offsets_host(rng, lo[m], hi[m], length)
+
+
 def balance_mask(key: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
   """float32 [K]: 1 on a random class-balanced subset of the K samples, 0 elsewhere.
 

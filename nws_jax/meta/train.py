@@ -99,7 +99,7 @@ class MetaData:
     snapshot can be evaluated); lo, hi: int32 [models], the part of each vector slices come from.
   labels: int32 [P, models]; values: float32 [P, models] (standardised regression targets).
   is_regression: bool [P]; num_classes: int32 [P]; codes: int32 [P] (PROTOCOL index).
-  train_pairs, valid_pairs: (model, 0-based snapshot) int32 [K] each, numpy.
+  train_pairs: (model, 0-based snapshot) of the meta-training pairs, int32 [K] each, numpy.
   """
   snapshots: jax.Array
   lo: jax.Array
@@ -110,7 +110,6 @@ class MetaData:
   num_classes: jax.Array
   codes: jax.Array
   train_pairs: tuple[np.ndarray, np.ndarray]
-  valid_pairs: tuple[np.ndarray, np.ndarray]
 
 
 def eligible_models(table: pd.DataFrame, drop_failed: bool) -> np.ndarray:
@@ -146,8 +145,7 @@ def prepare(config: MetaConfig, table: pd.DataFrame, snapshots: np.ndarray,
       is_regression=jnp.asarray([t.is_regression for t in targets]),
       num_classes=jnp.asarray([t.num_classes for t in targets], jnp.int32),
       codes=jnp.asarray([t.code for t in targets], jnp.int32),
-      train_pairs=slices_lib.pairs(split.train, numbers),
-      valid_pairs=slices_lib.pairs(split.valid, numbers))
+      train_pairs=slices_lib.pairs(split.train, numbers))
 
 
 # --- keys -----------------------------------------------------------------------------------
@@ -292,12 +290,6 @@ def outputs_at(params, stats, spec: model_lib.ModelSpec, snapshots: jax.Array,
   return np.concatenate(chunks, axis=1)
 
 
-def random_offsets_np(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray,
-                      length: int) -> np.ndarray:
-  """Host-side uniform slice starts in [lo, hi - length] (int32), for fixed evaluation slices."""
-  return (lo + rng.integers(0, hi - lo - length + 1)).astype(np.int32)
-
-
 def scores(outputs: np.ndarray, labels: np.ndarray, values: np.ndarray,
            targets: Sequence[targets_lib.PropertyTarget]) -> np.ndarray:
   """Per member [P]: accuracy (classification) or minus the mean absolute error in standardised
@@ -346,12 +338,10 @@ def fit(config: MetaConfig, table: pd.DataFrame, snapshots: np.ndarray,
   member_keys = member_keys_for(config.seed, data.codes)
   state = init_members(member_keys, spec=spec, learning_rate=config.learning_rate)
 
-  valid_models, valid_snaps = data.valid_pairs
-  rng = np.random.default_rng([config.seed, _VALID])
-  valid_models = np.repeat(valid_models, config.valid_slices)
-  valid_snaps = np.repeat(valid_snaps, config.valid_slices)
-  lo, hi = np.asarray(data.lo), np.asarray(data.hi)
-  valid_offsets = random_offsets_np(rng, lo[valid_models], hi[valid_models], spec.slice_length)
+  valid_models, valid_snaps, valid_offsets = slices_lib.random_triples(
+      np.random.default_rng([config.seed, _VALID]), split.valid,
+      config.slice_spec.snapshot_numbers, np.asarray(data.lo), np.asarray(data.hi),
+      spec.slice_length, config.valid_slices)
   labels_np, values_np = np.asarray(data.labels), np.asarray(data.values)
 
   train_models, train_snaps = (jnp.asarray(a) for a in data.train_pairs)
