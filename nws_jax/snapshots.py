@@ -4,14 +4,22 @@ While a zoo trains, every epoch boundary's weights of all models, [models, n] fl
 release order (`cnn.flatten`), are saved asynchronously with Orbax as one step of an `exports/`
 checkpoint directory (step e holds export e + 1: step 0 is the initialisation). When training
 ends, each model keeps the exports round(linspace(1, E, 20)) of its own E exports; these go to
-the `snapshots/` checkpoint as [models, 20, n] with their export numbers [models, 20], and the
-per-epoch exports are deleted.
+the `snapshots/` checkpoint with their export numbers [models, 20], and the per-epoch exports
+are deleted.
+
+The kept snapshots are ragged: model i's are [20, n_i] (its own architecture's weight count), held
+in a `Snapshots` (one flat float32 array, model after model). On disk, `snapshots/` is an Orbax
+checkpoint directory whose steps are chunks of consecutive models, each {'weights': flat float32,
+'lengths': int32 [k], 'export_numbers': int32 [k, 20]}: a trained zoo writes one chunk, an import
+streams many (`ChunkWriter`), and `load_snapshots` concatenates them in step order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -90,14 +98,116 @@ def gather_snapshots(writer: ExportWriter, epochs: np.ndarray,
   return out, numbers
 
 
-def save_snapshots(directory: str, snapshots: np.ndarray, export_numbers: np.ndarray) -> None:
-  """Writes the kept snapshots with Orbax (atomic: a crash leaves no half-written checkpoint)."""
-  manager = _manager(directory)
-  manager.save(0, args=ocp.args.StandardSave(
-      {'snapshots': np.asarray(snapshots, np.float32),
-       'export_numbers': np.asarray(export_numbers, np.int32)}))
-  manager.wait_until_finished()
-  manager.close()
+@dataclasses.dataclass
+class Snapshots:
+  """Every model's kept snapshots, ragged: model i's are [num_snapshots, n_i] float32.
+
+  flat: float32 [sum_i num_snapshots · n_i], model after model, each model's snapshots in order;
+  lengths: int64 [models], n_i. `snaps[i]` is a [num_snapshots, n_i] view of model i's.
+  """
+  flat: np.ndarray
+  lengths: np.ndarray
+  num_snapshots: int = NUM_SNAPSHOTS
+
+  def __post_init__(self):
+    self.flat = np.asarray(self.flat)
+    self.lengths = np.asarray(self.lengths, np.int64).reshape(-1)
+    expected = int(self.lengths.sum()) * self.num_snapshots
+    if self.flat.ndim != 1 or self.flat.size != expected:
+      raise ValueError(f'flat snapshots of {self.flat.size} weights, expected {expected} '
+                       f'({len(self.lengths)} models × {self.num_snapshots} snapshots)')
+
+  @property
+  def starts(self) -> np.ndarray:
+    """int64 [models]: where each model's [num_snapshots, n_i] block starts in `flat`."""
+    sizes = self.lengths * self.num_snapshots
+    return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+
+  def __len__(self) -> int:
+    return len(self.lengths)
+
+  def __getitem__(self, i: int) -> np.ndarray:
+    i = range(len(self))[i]
+    start, n = int(self.starts[i]), int(self.lengths[i])
+    return self.flat[start:start + self.num_snapshots * n].reshape(self.num_snapshots, n)
+
+  @property
+  def is_uniform(self) -> bool:
+    """Whether every model has the same vector length (one architecture)."""
+    return len(self) > 0 and bool((self.lengths == self.lengths[0]).all())
+
+  def as_array(self) -> np.ndarray:
+    """[models, num_snapshots, n] view; raises ValueError when the lengths differ."""
+    if not self.is_uniform:
+      raise ValueError('the models have vectors of different lengths '
+                       f'({sorted(set(self.lengths.tolist()))[:5]}…); index model by model')
+    return self.flat.reshape(len(self), self.num_snapshots, int(self.lengths[0]))
+
+  def read(self, models: np.ndarray, snaps: np.ndarray, offsets: np.ndarray,
+           length: int) -> np.ndarray:
+    """float32 [N, length]: the weights offsets[j]..+length of snapshot snaps[j] (0-based) of
+    model models[j]."""
+    starts = (self.starts[models] + np.asarray(snaps, np.int64) * self.lengths[models]
+              + np.asarray(offsets, np.int64))
+    return self.flat[starts[:, None] + np.arange(length)[None, :]]
+
+  def vectors(self, models: np.ndarray, snaps: np.ndarray) -> list[np.ndarray]:
+    """float32 [n_m] whole vectors of (model, 0-based snapshot) pairs (views)."""
+    return [self[int(m)][int(s)] for m, s in zip(np.asarray(models), np.asarray(snaps))]
+
+  @classmethod
+  def from_array(cls, snapshots: np.ndarray) -> 'Snapshots':
+    """From a uniform [models, S, n] array."""
+    snapshots = np.asarray(snapshots, np.float32)
+    models, num, n = snapshots.shape
+    return cls(snapshots.reshape(-1), np.full(models, n), num)
+
+  @classmethod
+  def from_list(cls, per_model: Sequence[np.ndarray]) -> 'Snapshots':
+    """From one [S, n_i] array per model (all with the same S)."""
+    per_model = [np.asarray(a, np.float32) for a in per_model]
+    nums = {a.shape[0] for a in per_model}
+    if len(nums) != 1:
+      raise ValueError(f'models have different numbers of snapshots: {sorted(nums)}')
+    return cls(np.concatenate([a.reshape(-1) for a in per_model]),
+               np.array([a.shape[1] for a in per_model]), nums.pop())
+
+
+def as_snapshots(snapshots) -> Snapshots:
+  return snapshots if isinstance(snapshots, Snapshots) else Snapshots.from_array(snapshots)
+
+
+class ChunkWriter:
+  """Writes the kept snapshots chunk by chunk (consecutive models), each an atomic Orbax step."""
+
+  def __init__(self, directory: str):
+    self._manager = _manager(directory, async_save=False)
+    self._step = 0
+
+  def append(self, snapshots, export_numbers: np.ndarray) -> None:
+    """snapshots: a Snapshots or [k, S, n]; export_numbers: int [k, S]."""
+    snaps = as_snapshots(snapshots)
+    numbers = np.asarray(export_numbers, np.int32)
+    if numbers.shape != (len(snaps), snaps.num_snapshots):
+      raise ValueError(f'export_numbers {numbers.shape} do not match '
+                       f'{len(snaps)} models × {snaps.num_snapshots} snapshots')
+    self._manager.save(self._step, args=ocp.args.StandardSave(
+        {'weights': np.asarray(snaps.flat, np.float32),
+         'lengths': snaps.lengths.astype(np.int32), 'export_numbers': numbers}))
+    self._manager.wait_until_finished()
+    self._step += 1
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def save_snapshots(directory: str, snapshots, export_numbers: np.ndarray) -> None:
+  """Writes the kept snapshots (a Snapshots or [models, S, n]) as one chunk (atomic: a crash
+  leaves no half-written checkpoint)."""
+  writer = ChunkWriter(directory)
+  writer.append(snapshots, export_numbers)
+  writer.close()
 
 
 def is_complete(directory: str) -> bool:
@@ -111,15 +221,21 @@ def is_complete(directory: str) -> bool:
     manager.close()
 
 
-def load_snapshots(directory: str) -> tuple[np.ndarray, np.ndarray]:
-  """Reads ([models, 20, n] float32 snapshots, [models, 20] export numbers) from `directory`."""
+def load_snapshots(directory: str) -> tuple[Snapshots, np.ndarray]:
+  """Reads (Snapshots, export numbers int [models, S]) from `directory`, every chunk in order."""
   manager = ocp.CheckpointManager(os.path.abspath(directory))
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'no snapshots checkpoint in {directory}')
-  tree = manager.restore(step, args=ocp.args.StandardRestore())
-  manager.close()
-  return np.asarray(tree['snapshots'], np.float32), np.asarray(tree['export_numbers'])
+  try:
+    steps = sorted(manager.all_steps())
+    if not steps:
+      raise FileNotFoundError(f'no snapshots checkpoint in {directory}')
+    chunks = [manager.restore(step, args=ocp.args.StandardRestore()) for step in steps]
+  finally:
+    manager.close()
+  numbers = np.concatenate([np.asarray(c['export_numbers']) for c in chunks])
+  lengths = np.concatenate([np.asarray(c['lengths'], np.int64) for c in chunks])
+  flat = (np.asarray(chunks[0]['weights'], np.float32) if len(chunks) == 1 else
+          np.concatenate([np.asarray(c['weights'], np.float32) for c in chunks]))
+  return Snapshots(flat, lengths, numbers.shape[1]), numbers
 
 
 def remove_exports(directory: str) -> None:

@@ -1,6 +1,13 @@
 r"""Trains meta-classifiers on a zoo's weight snapshots and evaluates them (PROTOCOL §5, §6).
 
   python -m nws_jax.train_meta --zoo=workdirs/zoo --workdir=workdirs/meta
+  python -m nws_jax.train_meta --nws_csv=NWS/train.csv --nws_test_csv=NWS/test.csv \
+      --workdir=workdirs/meta_release
+
+The nets are a zoo of ours (--zoo) or the published NWS release where it lies (--nws_csv: split
+CSVs and net folders of PROTOCOL §4, read slice by slice from disk, never loaded whole; with
+--nws_test_csv its nets are the meta-test side, as in the release's split). Several CSVs may be
+given, comma-separated, so the release and zoos exported with export_nws can be mixed.
 
 One meta-classifier per property (default: every property that varies in the zoo), all trained in
 one vectorised program on random slices of the snapshots; then the evaluations (accuracy against
@@ -9,7 +16,8 @@ dense part) and a gradient-boosted-tree baseline, each as CSV and PNG in the wor
 --evaluate_only reruns the evaluations from the saved checkpoint (with the run's evaluation
 options, except those given as flags). Exit code 2 for bad flags, a
 missing or damaged zoo, an unknown or constant property, a slice longer than the weights, an empty
-snapshot range, or a non-empty workdir (unless --overwrite).
+snapshot range, a damaged release net (unless --on_damaged=skip), or a non-empty workdir (unless
+--overwrite).
 """
 
 import functools
@@ -22,7 +30,17 @@ from nws_jax import cli
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string('zoo', None, 'Zoo workdir written by nws_jax.train_zoo.')
+flags.DEFINE_string('zoo', None, 'Zoo workdir written by nws_jax.train_zoo (or import_nws).')
+flags.DEFINE_list('nws_csv', [], 'Split CSVs of the NWS release format to read directly '
+                  '(instead of --zoo), comma-separated.')
+flags.DEFINE_list('nws_test_csv', [], 'Split CSVs whose nets are the meta-test side (the '
+                  'release\'s test split); without them the run splits all nets itself.')
+flags.DEFINE_enum('on_damaged', 'fail', ['fail', 'skip'], 'A damaged release net (missing or '
+                  'wrong-size file, non-finite weights found by --scan_nans) fails the run, or is '
+                  'left out and listed in damaged_nets.csv.')
+flags.DEFINE_bool('scan_nans', False, 'Read every release weight file once before training to '
+                  'find non-finite values (slower; without it they are caught in the slices read, '
+                  'which fails the run).')
 flags.DEFINE_string('workdir', None, 'Directory of the meta-classifier run (must be empty).')
 flags.DEFINE_list('properties', [], 'Properties to recover, comma-separated (default: every '
                   'property that varies in the zoo).')
@@ -64,14 +82,19 @@ def main(argv):
     _fail(f'unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS.workdir:
     _fail('--workdir is required')
-  if not FLAGS.evaluate_only and not FLAGS.zoo:
-    _fail('--zoo is required (the zoo workdir to read)')
+  if FLAGS.zoo and (FLAGS.nws_csv or FLAGS.nws_test_csv):
+    _fail('give either --zoo or --nws_csv, not both')
+  if FLAGS.nws_test_csv and not FLAGS.nws_csv:
+    _fail('--nws_test_csv needs --nws_csv (the training nets)')
+  if not FLAGS.evaluate_only and not FLAGS.zoo and not FLAGS.nws_csv:
+    _fail('--zoo or --nws_csv is required (the nets to read)')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   # Imported here so that --help and flag errors stay fast.
   from nws_jax import zoo as zoo_lib
   from nws_jax.meta import pipeline
   from nws_jax.meta import slices as slices_lib
+  from nws_jax.meta import source as source_lib
   from nws_jax.meta import store
   from nws_jax.meta import train as train_lib
 
@@ -81,6 +104,8 @@ def main(argv):
     if FLAGS.evaluate_only:
       # The run's saved evaluation options, except where a flag is given.
       changed = {name: FLAGS[name].value for name in option_flags if FLAGS[name].present}
+      if FLAGS.nws_csv:
+        _fail('--evaluate_only reads the nets the run was trained on, or another --zoo')
       results = pipeline.evaluate_workdir(FLAGS.workdir, options=changed, zoo_dir=FLAGS.zoo)
     else:
       first, last = slices_lib.parse_snapshot_range(FLAGS.snapshots)
@@ -92,9 +117,18 @@ def main(argv):
           seed=FLAGS.seed, test_fraction=FLAGS.test_fraction,
           valid_fraction=FLAGS.valid_fraction, drop_failed=FLAGS.drop_failed)
       options = pipeline.EvalOptions(**{name: FLAGS[name].value for name in option_flags})
-      results = pipeline.train_and_evaluate(config, FLAGS.zoo, FLAGS.workdir, options=options,
+      if FLAGS.nws_csv:
+        source = source_lib.from_release(FLAGS.nws_csv, FLAGS.nws_test_csv,
+                                         on_damaged=FLAGS.on_damaged, scan_nans=FLAGS.scan_nans,
+                                         progress=FLAGS.progress)
+        if len(source.reader.damaged):
+          print(f'left out {len(source.reader.damaged)} damaged nets (listed in '
+                f'{pipeline.DAMAGED_FILE})')
+      else:
+        source = FLAGS.zoo
+      results = pipeline.train_and_evaluate(config, source, FLAGS.workdir, options=options,
                                             overwrite=FLAGS.overwrite, progress=FLAGS.progress)
-  except (ValueError, zoo_lib.ZooError, store.MetaWorkdirError) as e:
+  except (ValueError, OSError, zoo_lib.ZooError, store.MetaWorkdirError) as e:
     _fail(str(e))
   print(pipeline.summary(results))
   print(f'results in {FLAGS.workdir}: accuracy.csv, ensemble.csv, position.csv, snapshot.csv, '

@@ -3,7 +3,7 @@ r"""Trains a zoo of NWS CNNs in one vectorised program and saves its snapshots.
   python -m nws_jax.train_zoo --workdir=/tmp/zoo --num_models=8 --seed=0
 
 Each model draws its training variations (PROTOCOL §1) from the seed; all train together; the
-workdir gets config.json, models.csv, curves.csv and the Orbax snapshots ([models, 20, n]).
+workdir gets config.json, models.csv, curves.csv and the Orbax snapshots ([20, n] per model).
 Exit code 2 for bad flags, an unknown or unprepared dataset, or a workdir that is not empty
 (unless --resume or --overwrite).
 """
@@ -95,7 +95,8 @@ def main(argv):
     _fail(str(e))
   logging.info('zoo written to %s', FLAGS.workdir)
   print(summary(zoo))
-  print(f'snapshots {zoo.snapshots.shape} float32 in {FLAGS.workdir}')
+  print(f'snapshots of {zoo.num_models} models ({zoo.snapshots.num_snapshots} each, '
+        f'{int(zoo.snapshots.lengths.max())} weights) float32 in {FLAGS.workdir}')
 
 
 if __name__ == '__main__':

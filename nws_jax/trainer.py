@@ -288,6 +288,7 @@ class ZooTrainer:
       raise ValueError(f'unknown conv_impl {cfg.conv_impl!r}')
     index = {name: i for i, name in enumerate(dataset_names)}
     keys = {}
+    self.steps_per_epoch = np.zeros(len(self.configs), np.int64)  # per model, zoo order
     for pos, c in enumerate(self.configs):
       if c.dataset not in index:
         raise ValueError(f'model {model_ids[pos]} uses dataset {c.dataset!r}, not in the zoo data')
@@ -303,6 +304,7 @@ class ZooTrainer:
           raise ValueError(f'dataset {c.dataset!r} has {balanced_sizes[index[c.dataset]]} '
                            f'class-balanced training examples, fewer than batch size '
                            f'{batch_size}; use more training examples (--num_train)')
+        self.steps_per_epoch[pos] = steps
         hyper.append(Hyper(
             key=model_key(cfg.seed, int(self.model_ids[pos])),
             dataset=jnp.int32(index[c.dataset]), lrate=jnp.float32(c.lrate),

@@ -4,9 +4,10 @@ Layout of a finished zoo:
   config.json   the options that built it (and the library version)
   models.csv    one row per model: the 13 properties (PROTOCOL §1 order), then model_id,
                 weightn_conv, weightn_fc, train/valid/test accuracy (fractions), epochs, status,
-                failed, seconds
+                failed, steps_per_epoch, seconds (the whole zoo's wall time)
   curves.csv    one row per model and epoch (0 = initialisation): accuracies and training loss
-  snapshots/    Orbax checkpoint: snapshots [models, 20, n] float32, export_numbers [models, 20]
+  snapshots/    Orbax checkpoint of the kept snapshots (model i's [20, n_i] float32, n_i =
+                weightn_conv + weightn_fc) and their export numbers [models, 20] (snapshots.py)
 While it trains, `exports/` (per-epoch weights) and `state/` (resume checkpoints) are there too.
 """
 
@@ -15,11 +16,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 
 import numpy as np
 import pandas as pd
 
+from nws_jax import files
 from nws_jax import snapshots as snapshots_lib
 
 CONFIG_FILE = 'config.json'
@@ -38,14 +39,16 @@ class ZooError(RuntimeError):
 class Zoo:
   """A loaded zoo.
 
-  snapshots: float32 [models, 20, n], the kept weight snapshots in release order (PROTOCOL §4).
-  export_numbers: int [models, 20], which export (1 = initialisation) each snapshot is.
+  snapshots: the kept weight snapshots in release order (PROTOCOL §4): `snapshots[i]` is model
+    i's float32 [20, n_i]; `snapshots.as_array()` is [models, 20, n] when all n_i are equal.
+  export_numbers: int [models, 20], which export (1 = initialisation) each snapshot is (0 where
+    unknown, as for nets imported from the release).
   table: the models.csv rows (pandas DataFrame, one row per model, in model order).
   curves: the curves.csv rows (model_id, epoch, train/valid/test_accuracy, train_loss).
   config: the options that built the zoo.
   """
   workdir: str
-  snapshots: np.ndarray
+  snapshots: snapshots_lib.Snapshots
   export_numbers: np.ndarray
   table: pd.DataFrame
   curves: pd.DataFrame
@@ -71,27 +74,18 @@ def load_zoo(workdir: str) -> Zoo:
     snaps, numbers = snapshots_lib.load_snapshots(os.path.join(workdir, SNAPSHOTS_DIR))
   except Exception as e:  # Orbax raises many types for a damaged checkpoint.
     raise ZooError(f'{workdir}: cannot read snapshots: {e}') from e
-  n = table['weightn_conv'] + table['weightn_fc']
-  if snaps.shape[0] != len(table) or (n != snaps.shape[2]).any():
-    raise ZooError(f'{workdir}: snapshots {snaps.shape} do not match models.csv '
-                   f'({len(table)} models, weightn {sorted(set(n))})')
+  n = (table['weightn_conv'] + table['weightn_fc']).to_numpy()
+  if len(snaps) != len(table) or (n != snaps.lengths).any():
+    raise ZooError(f'{workdir}: snapshots of {len(snaps)} models (lengths '
+                   f'{sorted(set(snaps.lengths.tolist()))[:4]}) do not match models.csv '
+                   f'({len(table)} models, weightn {sorted(set(n.tolist()))[:4]})')
   return Zoo(workdir, snaps, numbers, table, curves, config)
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: str) -> None:
   """Writes `frame` to `path` through a temporary file, so a reader never sees half a file."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', suffix='.tmp')
-  os.close(fd)
-  try:
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  files.write_atomic(path, lambda f: frame.to_csv(f, index=False), mode='w')
 
 
 def write_json_atomic(obj, path: str) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', suffix='.tmp')
-  with os.fdopen(fd, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  files.write_atomic(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True), mode='w')

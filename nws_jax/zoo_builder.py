@@ -161,10 +161,11 @@ def model_table(trainer: trainer_lib.ZooTrainer, result: trainer_lib.TrainResult
                train_accuracy=float(train_acc), valid_accuracy=float(valid_acc),
                test_accuracy=float(test_acc), epochs=e,
                status=early_stopping.STATUS_NAMES[int(result.stopping.status[pos])],
-               failed=bool(test_acc < FAILED_BELOW))
+               failed=bool(test_acc < FAILED_BELOW),
+               steps_per_epoch=int(trainer.steps_per_epoch[pos]))
     rows.append(row)
   return pd.DataFrame(rows, columns=list(space.PROPERTY_NAMES) + list(space.TABLE_COLUMNS)
-                      + ['failed'])
+                      + ['failed', 'steps_per_epoch'])
 
 
 def curves_table(trainer: trainer_lib.ZooTrainer, result: trainer_lib.TrainResult) -> pd.DataFrame:

@@ -41,7 +41,8 @@ def write_synthetic_zoo(workdir, num_models=40, weightn_conv=80, weightn_fc=120,
   table['weightn_conv'], table['weightn_fc'] = weightn_conv, weightn_fc
   for name in ('train_accuracy', 'valid_accuracy', 'test_accuracy'):
     table[name] = 0.5
-  table['epochs'], table['status'], table['failed'], table['seconds'] = 5, 'max_epochs', False, 1.0
+  table['epochs'], table['status'], table['failed'] = 5, 'max_epochs', False
+  table['steps_per_epoch'], table['seconds'] = 9, 1.0
   scale = np.array([0.25, 0.5, 1.0, 2.0])[table['initialization']]
   pattern = np.array([0.0, 1.0, 2.0])[table['optimizer']]
   snaps = rng.normal(size=(m, 20, weightn_conv + weightn_fc))
@@ -53,10 +54,14 @@ def write_synthetic_zoo(workdir, num_models=40, weightn_conv=80, weightn_fc=120,
   with open(os.path.join(workdir, zoo_lib.CONFIG_FILE), 'w') as f:
     json.dump({'synthetic': True}, f)
   table.to_csv(os.path.join(workdir, zoo_lib.MODELS_FILE), index=False)
-  pd.DataFrame(dict(model_id=[0], epoch=[0], train_accuracy=[0.1], valid_accuracy=[0.1],
-                    test_accuracy=[0.1], train_loss=[2.3])).to_csv(
+  epochs = np.arange(6)  # 0 (initialisation) .. 5, as table['epochs']
+  curve = 0.1 + 0.08 * epochs
+  pd.DataFrame(dict(model_id=np.repeat(np.arange(m), 6), epoch=np.tile(epochs, m),
+                    train_accuracy=np.tile(curve + 0.02, m), valid_accuracy=np.tile(curve, m),
+                    test_accuracy=np.tile(curve - 0.01, m),
+                    train_loss=np.tile(2.3 - 0.1 * epochs, m))).to_csv(
                         os.path.join(workdir, zoo_lib.CURVES_FILE), index=False)
-  numbers = np.tile(np.arange(1, 21, dtype=np.int32), (m, 1))
+  numbers = np.tile(snapshots_lib.select_exports(6).astype(np.int32), (m, 1))
   snapshots_lib.save_snapshots(os.path.join(workdir, zoo_lib.SNAPSHOTS_DIR), snaps, numbers)
   return table
 

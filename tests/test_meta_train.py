@@ -101,7 +101,7 @@ def test_training_is_deterministic(zoo):
 def test_training_reads_only_meta_training_models(zoo):
   # Poison every snapshot of the test and validation models: training must not notice.
   split = split_lib.make_split(np.arange(zoo.num_models), 0)
-  poisoned = zoo.snapshots.copy()
+  poisoned = zoo.snapshots.as_array().copy()
   poisoned[np.concatenate([split.test, split.valid])] = np.nan
   targets = targets_lib.make_targets(zoo.table, ['optimizer'], split.train)
   config = dataclasses.replace(SMALL, valid_fraction=0.1)
@@ -167,7 +167,7 @@ def test_snapshot_evaluation_covers_every_snapshot(zoo, trained):
 
 
 def test_checkpoint_restores_the_same_predictions(tmp_path, zoo, trained, synthetic_zoo_dir):
-  store.save_run(str(tmp_path), trained, synthetic_zoo_dir)
+  store.save_run(str(tmp_path), trained, {'kind': 'zoo', 'zoo': synthetic_zoo_dir})
   loaded = store.load_run(str(tmp_path))
   assert [t.to_json() for t in loaded.targets] == [t.to_json() for t in trained.targets]
   assert loaded.split.to_json() == trained.split.to_json() and loaded.spec == trained.spec
@@ -178,7 +178,7 @@ def test_checkpoint_restores_the_same_predictions(tmp_path, zoo, trained, synthe
 
 
 def test_a_damaged_checkpoint_is_a_clear_error(tmp_path, trained, synthetic_zoo_dir):
-  store.save_run(str(tmp_path), trained, synthetic_zoo_dir)
+  store.save_run(str(tmp_path), trained, {'kind': 'zoo', 'zoo': synthetic_zoo_dir})
   import shutil
   shutil.rmtree(tmp_path / store.CHECKPOINT_DIR)
   (tmp_path / store.CHECKPOINT_DIR).mkdir()

@@ -111,7 +111,7 @@ def test_missing_workdir_flag_exits_2_and_creates_nothing(tmp_path, synthetic_zo
 def test_missing_zoo_flag_exits_2_and_creates_nothing(tmp_path):
   workdir = tmp_path / 'meta'
   result = run_cli(f'--workdir={workdir}', cwd=tmp_path)
-  assert_refused(result, '--zoo is required')
+  assert_refused(result, '--zoo or --nws_csv is required')
   assert os.listdir(tmp_path) == []
 
 

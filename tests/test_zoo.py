@@ -41,8 +41,9 @@ def built(tmp_path_factory):
 
 def test_loaded_zoo_has_snapshots_and_table(built):
   zoo = zoo_lib.load_zoo(built.workdir)
-  assert zoo.snapshots.shape == (2, 20, 16880 + 75988)
-  assert zoo.snapshots.dtype == np.float32
+  assert zoo.snapshots.as_array().shape == (2, 20, 16880 + 75988)
+  assert zoo.snapshots[1].shape == (20, 16880 + 75988)
+  assert zoo.snapshots.flat.dtype == np.float32
   assert list(zoo.table.columns[:13]) == list(space.PROPERTY_NAMES)
   for column in ('weightn_conv', 'weightn_fc', 'train_accuracy', 'valid_accuracy',
                  'test_accuracy', 'epochs', 'status'):
@@ -72,13 +73,13 @@ def test_first_snapshot_is_the_initialisation_in_release_order(built):
     for j, pos in enumerate(g.members):
       params, stats = jax.tree.map(lambda x, j=j: np.asarray(x[j]), (s.params, s.stats))
       expected = np.asarray(cnn.flatten(params, stats, arch))
-      np.testing.assert_array_equal(built.snapshots[pos, 0], expected)
-  assert not np.array_equal(built.snapshots[:, 0], built.snapshots[:, -1])
+      np.testing.assert_array_equal(built.snapshots[pos][0], expected)
+  assert not np.array_equal(built.snapshots.as_array()[:, 0], built.snapshots.as_array()[:, -1])
 
 
 def test_same_seed_and_flags_give_the_same_zoo(built, tmp_path):
   again = zoo_builder.build_zoo(CONFIG, str(tmp_path / 'again'))
-  np.testing.assert_array_equal(again.snapshots, built.snapshots)
+  np.testing.assert_array_equal(again.snapshots.flat, built.snapshots.flat)
   pd.testing.assert_frame_equal(again.table.drop(columns='seconds'),
                                 built.table.drop(columns='seconds'))
 
@@ -100,7 +101,7 @@ def test_resumed_zoo_equals_uninterrupted_zoo(built, tmp_path, monkeypatch):
   with pytest.raises(zoo_builder.WorkdirError, match='not empty'):
     zoo_builder.build_zoo(CONFIG, workdir)
   resumed = zoo_builder.build_zoo(CONFIG, workdir, resume=True)
-  np.testing.assert_array_equal(resumed.snapshots, built.snapshots)
+  np.testing.assert_array_equal(resumed.snapshots.flat, built.snapshots.flat)
   np.testing.assert_array_equal(resumed.table.test_accuracy, built.table.test_accuracy)
 
 

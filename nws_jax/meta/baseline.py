@@ -32,6 +32,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostin
 
 from nws_jax import cnn
 from nws_jax.meta import slices as slices_lib
+from nws_jax.meta import source as source_lib
 from nws_jax.meta import split as split_lib
 from nws_jax.meta import targets as targets_lib
 
@@ -174,24 +175,23 @@ def common_architecture(table: pd.DataFrame, vector_length: int) -> cnn.Architec
   return arch
 
 
-def _gather_slice_features(snapshots: np.ndarray, models: np.ndarray, snaps: np.ndarray,
-                           offsets: np.ndarray, length: int) -> np.ndarray:
-  """slice_features of snapshots[m, s, o:o+length] per triple, gathered chunk by chunk."""
+def _gather_slice_features(reader, models: np.ndarray, snaps: np.ndarray, offsets: np.ndarray,
+                           length: int) -> np.ndarray:
+  """slice_features of the slices at (model, snapshot, offset) triples, read chunk by chunk."""
   rows = max(1, _CHUNK_ELEMENTS // length)
-  ramp = np.arange(length)
   out = np.empty((len(models), len(SLICE_FEATURES)), np.float64)
   for start in range(0, len(models), rows):
     sl = slice(start, start + rows)
-    batch = snapshots[models[sl, None], snaps[sl, None], offsets[sl, None] + ramp]
-    out[sl] = _slice_features(batch)
+    out[sl] = _slice_features(reader.read(models[sl], snaps[sl], offsets[sl], length))
   return out
 
 
-def _gather_layer_features(snapshots: np.ndarray, models: np.ndarray, snaps: np.ndarray,
+def _gather_layer_features(reader, models: np.ndarray, snaps: np.ndarray,
                            arch: cnn.Architecture) -> np.ndarray:
-  """layer_features of the vectors snapshots[m, s] per pair, gathered chunk by chunk."""
-  rows = max(1, _CHUNK_ELEMENTS // snapshots.shape[2])
-  parts = [layer_features(np.asarray(snapshots[models[i:i + rows], snaps[i:i + rows]]), arch)
+  """layer_features of the whole vectors of (model, snapshot) pairs, read chunk by chunk."""
+  n_conv, n_fc = cnn.weight_counts(arch)
+  rows = max(1, _CHUNK_ELEMENTS // (n_conv + n_fc))
+  parts = [layer_features(np.stack(reader.vectors(models[i:i + rows], snaps[i:i + rows])), arch)
            for i in range(0, len(models), rows)]
   return np.concatenate(parts) if parts else np.zeros((0, len(layer_feature_names(arch))))
 
@@ -223,7 +223,7 @@ def _fit_and_score(target: targets_lib.PropertyTarget, x_train: np.ndarray, y_tr
   return float((predicted == y_test).mean())
 
 
-def run_baseline(table: pd.DataFrame, snapshots: np.ndarray, split: split_lib.ModelSplit,
+def run_baseline(table: pd.DataFrame, snapshots, split: split_lib.ModelSplit,
                  targets: Sequence[targets_lib.PropertyTarget], spec: slices_lib.SliceSpec, *,
                  slices_per_snapshot: int = 4, seed: int = 0,
                  max_iter: int = 200, n_threads: int | None = None) -> pd.DataFrame:
@@ -232,8 +232,8 @@ def run_baseline(table: pd.DataFrame, snapshots: np.ndarray, split: split_lib.Mo
   Args:
     table: the zoo's models.csv rows (the property columns, weightn_conv, weightn_fc and the
       architecture columns); row i describes snapshots[i].
-    snapshots: float32 [models, S, n], every snapshot of every model (np.memmap works: slices are
-      gathered in chunks). Snapshot number j (1-based) is snapshots[:, j - 1].
+    snapshots: every snapshot of every model: a `Snapshots` (ragged, in memory), a `Release`
+      (read from disk) or a uniform float32 [models, S, n] array; slices are read in chunks.
     split: the models of the meta-training side (train + valid) and of the test side.
     targets: the properties to recover (`targets.make_targets`).
     spec: slice length, part and snapshot range, as for the deep meta-classifier. For
@@ -250,15 +250,15 @@ def run_baseline(table: pd.DataFrame, snapshots: np.ndarray, split: split_lib.Mo
     where the layout is known, see `common_architecture`); metric ('accuracy', a fraction, or
     'mae' for lrate, in its own units); value; chance (`targets.chance`); n_test_models.
   """
-  if snapshots.ndim != 3 or snapshots.shape[0] != len(table):
-    raise ValueError(f'snapshots must be [models={len(table)}, S, n], got {snapshots.shape}')
+  reader = source_lib.as_reader(snapshots)
+  if len(reader.lengths) != len(table):
+    raise ValueError(f'snapshots of {len(reader.lengths)} models for a table of {len(table)}')
   if slices_per_snapshot < 1:
     raise ValueError(f'slices_per_snapshot must be at least 1, got {slices_per_snapshot}')
   weightn_conv, weightn_fc = table['weightn_conv'].to_numpy(), table['weightn_fc'].to_numpy()
-  slices_lib.check_spec(spec, weightn_conv, weightn_fc, snapshots.shape[1])
-  if int((weightn_conv + weightn_fc).max()) > snapshots.shape[2]:
-    raise ValueError(f'snapshot vectors have {snapshots.shape[2]} weights, but models.csv '
-                     f'gives up to {int((weightn_conv + weightn_fc).max())}')
+  slices_lib.check_spec(spec, weightn_conv, weightn_fc, reader.num_snapshots)
+  if ((weightn_conv + weightn_fc) != reader.lengths).any():
+    raise ValueError('snapshot vector lengths differ from weightn_conv + weightn_fc of the table')
   train_models = np.sort(np.concatenate([split.train, split.valid])).astype(np.int64)
   test_models = np.asarray(split.test, np.int64)
   labels, values = targets_lib.encode(table, targets)
@@ -269,10 +269,10 @@ def run_baseline(table: pd.DataFrame, snapshots: np.ndarray, split: split_lib.Mo
     rng = np.random.default_rng([seed, _SEED_TAG, stream])
     m, s, offsets = slices_lib.random_triples(rng, models, numbers, lo, hi, spec.length,
                                               slices_per_snapshot)
-    return m, _gather_slice_features(snapshots, m, s, offsets, spec.length)
+    return m, _gather_slice_features(reader, m, s, offsets, spec.length)
 
   features = {'gbt_slice': (draw(train_models, 0), draw(test_models, 1))}
-  arch = common_architecture(table, snapshots.shape[2])
+  arch = common_architecture(table, int(reader.lengths.max()))
   if arch is not None:
     names = layer_feature_names(arch)
     kinds = {s.name: s.kind for s in cnn.layer_specs(arch)}
@@ -280,7 +280,7 @@ def run_baseline(table: pd.DataFrame, snapshots: np.ndarray, split: split_lib.Mo
     sides = []
     for models in (train_models, test_models):
       m, s = slices_lib.pairs(models, numbers)
-      sides.append((m, _gather_layer_features(snapshots, m, s, arch)[:, keep]))
+      sides.append((m, _gather_layer_features(reader, m, s, arch)[:, keep]))
     features['gbt_layers'] = tuple(sides)
 
   rows = []

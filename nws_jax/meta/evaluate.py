@@ -16,13 +16,13 @@ error, in the property's own units) for lrate. `chance` is what a constant guess
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
 from nws_jax.meta import slices as slices_lib
+from nws_jax.meta import source as source_lib
 from nws_jax.meta import targets as targets_lib
 from nws_jax.meta import train as train_lib
 
@@ -31,22 +31,20 @@ from nws_jax.meta import train as train_lib
 class EvalContext:
   """A trained stack and the zoo it is judged on.
 
-  snapshots: float32 device array [models, S, n]; true: numpy [P, models], each property's value
-  per model (class index, or the raw lrate); test_models: numpy int [T].
+  snapshots: where slices are read (a `source.DeviceLayout` of a zoo, or a host reader such as a
+  `Release`); num_snapshots: S; true: numpy [P, models], each property's value per model (class
+  index, or the raw lrate); test_models: numpy int [T].
   """
   run: train_lib.MetaRun
   table: pd.DataFrame
-  snapshots: jax.Array
+  snapshots: Any
+  num_snapshots: int
   true: np.ndarray
   test_models: np.ndarray
 
   @property
   def targets(self):
     return self.run.targets
-
-  @property
-  def num_snapshots(self) -> int:
-    return int(self.snapshots.shape[1])
 
   def bounds(self, part: str) -> tuple[np.ndarray, np.ndarray]:
     return slices_lib.part_bounds(self.table['weightn_conv'], self.table['weightn_fc'], part)
@@ -57,12 +55,15 @@ class EvalContext:
 
 
 def make_context(run: train_lib.MetaRun, table: pd.DataFrame, snapshots) -> EvalContext:
+  """snapshots: `Snapshots` or [models, S, n] (put on the device), or a `Release` (read from
+  disk)."""
+  reader = source_lib.as_reader(snapshots)
   labels, _ = targets_lib.encode(table, run.targets)
   true = labels.astype(np.float64)
   for p, t in enumerate(run.targets):
     if t.is_regression:
       true[p] = table[t.name].to_numpy(np.float64)
-  return EvalContext(run, table, jnp.asarray(snapshots, jnp.float32), true,
+  return EvalContext(run, table, source_lib.placed(reader), reader.num_snapshots, true,
                      np.asarray(run.split.test))
 
 

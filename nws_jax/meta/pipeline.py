@@ -1,9 +1,10 @@
 """Train the meta-classifiers of a zoo and evaluate them: the library behind `train_meta`.
 
-`train_and_evaluate(config, zoo_dir, workdir)` checks everything before it touches the workdir,
+`train_and_evaluate(config, source, workdir)` checks everything before it touches the workdir,
 trains every chosen property in one program, saves the run (store.py), then runs the evaluations
-and the baseline and writes their CSVs and PNGs. `evaluate_workdir(workdir)` reruns the
-evaluations from the saved checkpoint without training.
+and the baseline and writes their CSVs and PNGs. The source is a zoo of ours (a workdir path) or
+the published release read from disk (`source.from_release`). `evaluate_workdir(workdir)` reruns
+the evaluations from the saved checkpoint without training.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import numpy as np
 import pandas as pd
 
 from nws_jax import zoo as zoo_lib
@@ -18,6 +20,7 @@ from nws_jax.meta import baseline as baseline_lib
 from nws_jax.meta import evaluate as evaluate_lib
 from nws_jax.meta import plots
 from nws_jax.meta import slices as slices_lib
+from nws_jax.meta import source as source_lib
 from nws_jax.meta import split as split_lib
 from nws_jax.meta import store
 from nws_jax.meta import targets as targets_lib
@@ -60,51 +63,67 @@ class Results:
   history: pd.DataFrame
 
 
-def plan(config: train_lib.MetaConfig, zoo: zoo_lib.Zoo):
-  """(split, targets) for `config` on `zoo`; raises ValueError subclasses, one line, for a config
-  this zoo cannot satisfy. Touches no file."""
+DAMAGED_FILE = 'damaged_nets.csv'
+
+
+def plan(config: train_lib.MetaConfig, source: source_lib.WeightSource):
+  """(split, targets) for `config` on `source`; raises ValueError subclasses, one line, for a
+  config these nets cannot satisfy. Touches no file. A release read with its test CSVs keeps
+  their nets as the meta-test side."""
   config.validate()
-  table = zoo.table
+  table = source.table
   models = train_lib.eligible_models(table, config.drop_failed)
-  split = split_lib.make_split(models, config.seed, config.test_fraction, config.valid_fraction)
+  if source.test_models is None:
+    split = split_lib.make_split(models, config.seed, config.test_fraction,
+                                 config.valid_fraction)
+  else:
+    test = np.intersect1d(models, source.test_models)
+    split = split_lib.split_with_test(np.setdiff1d(models, test), test, config.seed,
+                                      config.valid_fraction)
   names = config.properties or targets_lib.varying_properties(table.iloc[models])
   if not names:
     raise targets_lib.PropertyError('no property varies in this zoo; nothing to learn')
   targets = targets_lib.make_targets(table, names, split.train)
   slices_lib.check_spec(config.slice_spec, table['weightn_conv'].to_numpy()[models],
-                        table['weightn_fc'].to_numpy()[models], zoo.snapshots.shape[1])
+                        table['weightn_fc'].to_numpy()[models], source.num_snapshots)
   return split, targets
 
 
-def train_and_evaluate(config: train_lib.MetaConfig, zoo_dir: str, workdir: str, *,
-                       options: EvalOptions = EvalOptions(), overwrite: bool = False,
-                       progress: bool = False) -> Results:
-  zoo = zoo_lib.load_zoo(zoo_dir)
+def train_and_evaluate(config: train_lib.MetaConfig, source: source_lib.WeightSource | str,
+                       workdir: str, *, options: EvalOptions = EvalOptions(),
+                       overwrite: bool = False, progress: bool = False) -> Results:
+  """source: a WeightSource, or the path of a zoo workdir."""
+  if isinstance(source, str):
+    source = source_lib.from_zoo(source)
   options.validate()
-  split, targets = plan(config, zoo)
+  split, targets = plan(config, source)
   store.prepare_workdir(workdir, overwrite=overwrite)
-  run = train_lib.fit(config, zoo.table, zoo.snapshots, split, targets, progress=progress)
-  store.save_run(workdir, run, zoo_dir)
-  return evaluate_run(run, zoo, workdir, options)
+  damaged = getattr(source.reader, 'damaged', None)
+  if damaged is not None and len(damaged):
+    zoo_lib.write_csv_atomic(damaged, os.path.join(workdir, DAMAGED_FILE))
+  run = train_lib.fit(config, source.table, source.reader, split, targets, progress=progress)
+  store.save_run(workdir, run, source.description)
+  return evaluate_run(run, source, workdir, options)
 
 
 def evaluate_workdir(workdir: str, *, options: dict | None = None,
                      zoo_dir: str | None = None) -> Results:
-  """Reruns the evaluations of a saved run (on its own zoo unless `zoo_dir` is given), with the
-  run's saved EvalOptions updated by `options` (field name -> value)."""
+  """Reruns the evaluations of a saved run (on the nets it read unless `zoo_dir` is given), with
+  the run's saved EvalOptions updated by `options` (field name -> value)."""
   run = store.load_run(workdir)
   options = dataclasses.replace(EvalOptions(**store.read_eval_options(workdir)),
                                 **(options or {}))
   options.validate()
-  _, saved_zoo = store.read_config(workdir)
-  zoo = zoo_lib.load_zoo(zoo_dir or saved_zoo)
-  return evaluate_run(run, zoo, workdir, options)
+  _, saved_source = store.read_config(workdir)
+  source = (source_lib.from_zoo(zoo_dir) if zoo_dir
+            else source_lib.open_source(saved_source))
+  return evaluate_run(run, source, workdir, options)
 
 
-def evaluate_run(run: train_lib.MetaRun, zoo: zoo_lib.Zoo, workdir: str,
+def evaluate_run(run: train_lib.MetaRun, source: source_lib.WeightSource, workdir: str,
                  options: EvalOptions) -> Results:
   """Runs every evaluation and the baseline; writes the CSVs and PNGs into `workdir`."""
-  ctx = evaluate_lib.make_context(run, zoo.table, zoo.snapshots)
+  ctx = evaluate_lib.make_context(run, source.table, source.reader)
   seed = run.config.seed
   accuracy, ensemble = evaluate_lib.evaluate_slices(ctx, options.ensemble_slices, seed)
   position, boundary = evaluate_lib.evaluate_positions(ctx, options.positions)
@@ -112,7 +131,7 @@ def evaluate_run(run: train_lib.MetaRun, zoo: zoo_lib.Zoo, workdir: str,
   part = evaluate_lib.evaluate_parts(ctx, options.snapshot_slices, seed)
   baseline = None
   if options.baseline:
-    baseline = baseline_lib.run_baseline(zoo.table, zoo.snapshots, run.split, run.targets,
+    baseline = baseline_lib.run_baseline(source.table, source.reader, run.split, run.targets,
                                          run.config.slice_spec,
                                          slices_per_snapshot=options.baseline_slices, seed=seed,
                                          n_threads=options.baseline_threads)

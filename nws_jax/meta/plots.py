@@ -16,7 +16,6 @@ A frame that is empty, lacks a column of its layout, or names another metric rai
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Sequence
 
 import matplotlib
@@ -27,6 +26,7 @@ import matplotlib.patches
 import numpy as np
 import pandas as pd
 
+from nws_jax import files
 from nws_jax.meta import targets as targets_lib
 
 ACCURACY_COLUMNS = ('property', 'metric', 'value', 'chance', 'n_test_models')
@@ -118,15 +118,9 @@ def _figure(width: float = WIDTH, height: float = HEIGHT) -> matplotlib.figure.F
 
 def _save(fig: matplotlib.figure.Figure, path) -> None:
   """Writes `fig` as a PNG to `path` through a temporary file in the same folder, then frees it."""
-  path = os.fspath(path)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', prefix='.plot-', suffix='.tmp')
   try:
-    with os.fdopen(fd, 'wb') as f:
-      fig.savefig(f, format='png', dpi=DPI)
-    os.replace(tmp, path)
+    files.write_atomic(os.fspath(path), lambda f: fig.savefig(f, format='png', dpi=DPI))
   finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
     fig.clear()
 
 

@@ -55,6 +55,23 @@ def make_split(model_ids: np.ndarray, seed: int, test_fraction: float = 0.2,
   return ModelSplit(np.sort(train), np.sort(valid), np.sort(test))
 
 
+def split_with_test(train_ids: np.ndarray, test_ids: np.ndarray, seed: int,
+                    valid_fraction: float = 0.1) -> ModelSplit:
+  """A split whose meta-test side is given (the release's test CSV): a seeded valid_fraction of
+  `train_ids` validates, the rest trains. Raises SplitError for an empty or overlapping side."""
+  train_ids, test_ids = np.asarray(train_ids, np.int64), np.asarray(test_ids, np.int64)
+  if not 0 <= valid_fraction < 1:
+    raise SplitError(f'valid_fraction must be in [0, 1), got {valid_fraction}')
+  if np.intersect1d(train_ids, test_ids).size:
+    raise SplitError('a model is on both the training and the test side')
+  order = np.random.default_rng([seed, 0x5B17]).permutation(train_ids)
+  n_valid = int(round(valid_fraction * len(order)))
+  if len(test_ids) < 1 or len(order) - n_valid < 1:
+    raise SplitError(f'{len(train_ids)} training and {len(test_ids)} test models cannot be split '
+                     f'(valid_fraction {valid_fraction})')
+  return ModelSplit(np.sort(order[n_valid:]), np.sort(order[:n_valid]), np.sort(test_ids))
+
+
 def save_split(path: str, split: ModelSplit) -> None:
   zoo_lib.write_json_atomic(split.to_json(), path)
 

@@ -1,7 +1,9 @@
 """A meta-classifier workdir on disk: what a run saves so evaluation can be rerun without training.
 
 Layout:
-  config.json    the MetaConfig and the zoo it read (absolute path)
+  config.json    the MetaConfig and the nets it read (source.py's description: a zoo's
+                 absolute path, or the release's split CSVs and how they were checked)
+  damaged_nets.csv  nets of the release left out as damaged (--on_damaged=skip), if any
   run.json       the properties (classes, regression scaling) and the model shapes
   split.json     the meta-train / validation / meta-test models (rows of the zoo's models.csv)
   checkpoint/    Orbax: the kept parameters and batch statistics of every member, [P, ...]
@@ -50,7 +52,7 @@ def prepare_workdir(workdir: str, *, overwrite: bool) -> None:
   os.makedirs(workdir, exist_ok=True)
 
 
-def save_run(workdir: str, run: train_lib.MetaRun, zoo_dir: str) -> None:
+def save_run(workdir: str, run: train_lib.MetaRun, source: dict) -> None:
   """Writes the checkpoint first and the JSON files after it: a run.json means a usable run."""
   checkpointer = ocp.StandardCheckpointer()
   path = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
@@ -59,7 +61,7 @@ def save_run(workdir: str, run: train_lib.MetaRun, zoo_dir: str) -> None:
   checkpointer.close()
   zoo_lib.write_csv_atomic(run.history, os.path.join(workdir, HISTORY_FILE))
   split_lib.save_split(os.path.join(workdir, SPLIT_FILE), run.split)
-  zoo_lib.write_json_atomic({'meta': run.config.to_json(), 'zoo': os.path.abspath(zoo_dir)},
+  zoo_lib.write_json_atomic({'meta': run.config.to_json(), 'source': source},
                             os.path.join(workdir, CONFIG_FILE))
   spec = run.spec
   zoo_lib.write_json_atomic(
@@ -69,14 +71,15 @@ def save_run(workdir: str, run: train_lib.MetaRun, zoo_dir: str) -> None:
       os.path.join(workdir, RUN_FILE))
 
 
-def read_config(workdir: str) -> tuple[train_lib.MetaConfig, str]:
-  """(the run's MetaConfig, the zoo directory it read)."""
+def read_config(workdir: str) -> tuple[train_lib.MetaConfig, dict]:
+  """(the run's MetaConfig, the description of the nets it read: `source.open_source`'s)."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise MetaWorkdirError(f'{workdir} holds no meta-classifier run ({CONFIG_FILE} is missing)')
   with open(path) as f:
     saved = json.load(f)
-  return train_lib.MetaConfig.from_json(saved['meta']), saved['zoo']
+  source = saved.get('source') or {'kind': 'zoo', 'zoo': saved['zoo']}
+  return train_lib.MetaConfig.from_json(saved['meta']), source
 
 
 def load_run(workdir: str) -> train_lib.MetaRun:

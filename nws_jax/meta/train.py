@@ -13,6 +13,11 @@ ceil(pairs / batch_size) steps (the last batch wraps around); every sample gets 
 slice position. Class balance (PROTOCOL §5, cut to the rarest class) is a per-property 0/1 weight
 redrawn each epoch, since the members share their batches. After each epoch the members are scored
 on fixed slices of the validation models and each keeps its best-scoring parameters.
+
+Where the slices come from (source.py): a zoo's snapshots sit on the device and each epoch is one
+jitted `lax.scan` that gathers its slices there; the release is read from disk, so the same
+epoch plan (order, offsets, balance) is drawn on the device, the host reads each step's slices
+and a jitted step trains on them. Both paths draw the same slices and take the same steps.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import pandas as pd
 
 from nws_jax.meta import model as model_lib
 from nws_jax.meta import slices as slices_lib
+from nws_jax.meta import source as source_lib
 from nws_jax.meta import split as split_lib
 from nws_jax.meta import targets as targets_lib
 
@@ -93,15 +99,17 @@ class MetaConfig:
 
 @dataclasses.dataclass
 class MetaData:
-  """A zoo prepared for meta-training; device arrays unless noted.
+  """A source prepared for meta-training; device arrays unless noted.
 
-  snapshots: float32 [models, S, n] (every model of the zoo and every snapshot, so that any
-    snapshot can be evaluated); lo, hi: int32 [models], the part of each vector slices come from.
+  layout: the snapshots on the device (a zoo), or None (a release, read through `reader`);
+  reader: the host reader of the snapshots (`Snapshots` or `Release`); lo, hi: int32 [models],
+  the part of each vector slices come from.
   labels: int32 [P, models]; values: float32 [P, models] (standardised regression targets).
   is_regression: bool [P]; num_classes: int32 [P]; codes: int32 [P] (PROTOCOL index).
   train_pairs: (model, 0-based snapshot) of the meta-training pairs, int32 [K] each, numpy.
   """
-  snapshots: jax.Array
+  layout: source_lib.DeviceLayout | None
+  reader: Any
   lo: jax.Array
   hi: jax.Array
   labels: jax.Array
@@ -110,6 +118,11 @@ class MetaData:
   num_classes: jax.Array
   codes: jax.Array
   train_pairs: tuple[np.ndarray, np.ndarray]
+
+  @property
+  def snapshots(self):
+    """Where slices are read from: the device layout, or the host reader."""
+    return self.layout if self.layout is not None else self.reader
 
 
 def eligible_models(table: pd.DataFrame, drop_failed: bool) -> np.ndarray:
@@ -132,15 +145,18 @@ def model_spec(config: MetaConfig, targets: Sequence[targets_lib.PropertyTarget]
                              num_outputs)
 
 
-def prepare(config: MetaConfig, table: pd.DataFrame, snapshots: np.ndarray,
-            split: split_lib.ModelSplit,
+def prepare(config: MetaConfig, table: pd.DataFrame, snapshots, split: split_lib.ModelSplit,
             targets: Sequence[targets_lib.PropertyTarget]) -> MetaData:
-  """Puts the zoo on the device with its targets and the training/validation pairs."""
+  """Puts the targets and training pairs on the device, and the snapshots too when they are a
+  zoo's (`Snapshots`, or a uniform [models, S, n] array); a `Release` stays on disk."""
+  reader = source_lib.as_reader(snapshots)
+  where = source_lib.placed(reader)
   lo, hi = slices_lib.part_bounds(table['weightn_conv'], table['weightn_fc'], config.part)
   labels, values = targets_lib.encode(table, targets)
   numbers = config.slice_spec.snapshot_numbers
   return MetaData(
-      snapshots=jnp.asarray(snapshots, jnp.float32), lo=jnp.asarray(lo), hi=jnp.asarray(hi),
+      layout=where if isinstance(where, source_lib.DeviceLayout) else None, reader=reader,
+      lo=jnp.asarray(lo), hi=jnp.asarray(hi),
       labels=jnp.asarray(labels), values=jnp.asarray(values),
       is_regression=jnp.asarray([t.is_regression for t in targets]),
       num_classes=jnp.asarray([t.num_classes for t in targets], jnp.int32),
@@ -231,59 +247,130 @@ def init_members(member_keys: jax.Array, *, spec: model_lib.ModelSpec,
   return jax.vmap(lambda k: _init_member(k, spec, tx))(member_keys)
 
 
-@functools.partial(jax.jit, static_argnames=('spec', 'learning_rate', 'batch_size'),
-                   donate_argnums=0)
-def train_epoch(state: dict, epoch: jax.Array, seed_key: jax.Array, member_keys: jax.Array,
-                snapshots, lo, hi, labels, values, is_regression, num_classes, train_models,
-                train_snaps, *, spec: model_lib.ModelSpec, learning_rate: float,
-                batch_size: int) -> tuple[dict, jax.Array]:
-  """One epoch of every member. Returns the new state and each member's mean loss [P]."""
-  tx = _optimizer(learning_rate)
+def _epoch_plan(epoch, seed_key, member_keys, labels, is_regression, lo, hi, train_models,
+                train_snaps, *, batch_size: int, length: int, num_outputs: int):
+  """What an epoch draws: per step t and sample b the pair's position in the epoch's order,
+  its model, 0-based snapshot and slice start (a dict of int32 [T, B]); each member's 0/1
+  class-balance weight per position [P, K] (1 for regression); each member's dropout key [P]."""
   num_pairs = train_models.shape[0]
   num_steps = -(-num_pairs // batch_size)
   order = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(seed_key, _ORDER), epoch),
                                  num_pairs)
   slice_key = jax.random.fold_in(jax.random.fold_in(seed_key, _SLICES), epoch)
   epoch_keys = _fold(member_keys, epoch)
-  epoch_labels = labels[:, train_models[order]]
   balance = jax.vmap(slices_lib.balance_mask, in_axes=(0, 0, None))(
-      _fold(epoch_keys, _BALANCE), epoch_labels, spec.num_outputs)
+      _fold(epoch_keys, _BALANCE), labels[:, train_models[order]], num_outputs)
   weights = jnp.where(is_regression[:, None], 1.0, balance)
-  dropout_keys = _fold(epoch_keys, _DROPOUT)
+  steps = jnp.arange(num_steps)
+  positions = (steps[:, None] * batch_size + jnp.arange(batch_size)[None, :]) % num_pairs
+  models, snaps = train_models[order[positions]], train_snaps[order[positions]]
+  offsets = jax.vmap(lambda i, m: slices_lib.random_offsets(
+      jax.random.fold_in(slice_key, i), lo[m], hi[m], length))(steps, models)
+  plan = dict(positions=positions, models=models, snaps=snaps, offsets=offsets)
+  return plan, weights, _fold(epoch_keys, _DROPOUT)
+
+
+def _stacked_step(state, batch, i, models, positions, labels, values, weights, is_regression,
+                  num_classes, dropout_keys, *, spec: model_lib.ModelSpec, tx):
+  """Step i of every member on one shared batch of slices [B, L]."""
   step_fn = jax.vmap(functools.partial(_member_step, spec=spec, tx=tx),
                      in_axes=(0, None, 0, 0, 0, 0, 0, 0))
+  return step_fn(state, batch, labels[:, models], values[:, models], weights[:, positions],
+                 is_regression, num_classes, _fold(dropout_keys, i))
 
-  def step(state, i):
-    positions = (i * batch_size + jnp.arange(batch_size)) % num_pairs
-    models, snaps = train_models[order[positions]], train_snaps[order[positions]]
-    batch = slices_lib.random_slices(jax.random.fold_in(slice_key, i), snapshots, models, snaps,
-                                     lo, hi, spec.slice_length)
-    return step_fn(state, batch, labels[:, models], values[:, models], weights[:, positions],
-                   is_regression, num_classes, _fold(dropout_keys, i))
 
-  state, losses = jax.lax.scan(step, state, jnp.arange(num_steps))
+@functools.partial(jax.jit, static_argnames=('spec', 'learning_rate', 'batch_size'),
+                   donate_argnums=0)
+def train_epoch(state: dict, epoch: jax.Array, seed_key: jax.Array, member_keys: jax.Array,
+                layout: source_lib.DeviceLayout, lo, hi, labels, values, is_regression,
+                num_classes, train_models, train_snaps, *, spec: model_lib.ModelSpec,
+                learning_rate: float, batch_size: int) -> tuple[dict, jax.Array]:
+  """One epoch of every member, slices gathered from `layout` on the device. Returns the new
+  state and each member's mean loss [P]."""
+  tx = _optimizer(learning_rate)
+  plan, weights, dropout_keys = _epoch_plan(
+      epoch, seed_key, member_keys, labels, is_regression, lo, hi, train_models, train_snaps,
+      batch_size=batch_size, length=spec.slice_length, num_outputs=spec.num_outputs)
+
+  def step(state, xs):
+    i, p = xs
+    batch = layout.gather(p['models'], p['snaps'], p['offsets'], spec.slice_length)
+    return _stacked_step(state, batch, i, p['models'], p['positions'], labels, values, weights,
+                         is_regression, num_classes, dropout_keys, spec=spec, tx=tx)
+
+  steps = jnp.arange(plan['models'].shape[0])
+  state, losses = jax.lax.scan(step, state, (steps, plan))
   return state, losses.mean(axis=0)
 
 
+epoch_plan = jax.jit(_epoch_plan, static_argnames=('batch_size', 'length', 'num_outputs'))
+
+
+@functools.partial(jax.jit, static_argnames=('spec', 'learning_rate'), donate_argnums=0)
+def train_step(state: dict, batch: jax.Array, i: jax.Array, models, positions, labels, values,
+               weights, is_regression, num_classes, dropout_keys, *,
+               spec: model_lib.ModelSpec, learning_rate: float) -> tuple[dict, jax.Array]:
+  """Step i of an epoch planned by `epoch_plan`, on slices [B, L] read by the host."""
+  return _stacked_step(state, batch, i, models, positions, labels, values, weights,
+                       is_regression, num_classes, dropout_keys, spec=spec,
+                       tx=_optimizer(learning_rate))
+
+
+def train_epoch_from_host(state: dict, epoch: int, seed_key: jax.Array, member_keys: jax.Array,
+                          reader, data: MetaData, *, spec: model_lib.ModelSpec,
+                          learning_rate: float, batch_size: int) -> tuple[dict, jax.Array]:
+  """`train_epoch` for slices read on the host by `reader` (a Release): the device plans the
+  epoch, the host reads each step's slices while the device runs the step before (dispatch is
+  asynchronous), and one jitted step trains on them."""
+  train_models, train_snaps = (jnp.asarray(a) for a in data.train_pairs)
+  plan, weights, dropout_keys = epoch_plan(
+      jnp.int32(epoch), seed_key, member_keys, data.labels, data.is_regression, data.lo, data.hi,
+      train_models, train_snaps, batch_size=batch_size, length=spec.slice_length,
+      num_outputs=spec.num_outputs)
+  host = jax.device_get(plan)
+  losses = []
+  for i in range(host['models'].shape[0]):
+    batch = reader.read(host['models'][i], host['snaps'][i], host['offsets'][i],
+                        spec.slice_length)
+    state, loss = train_step(state, jnp.asarray(batch), jnp.int32(i), plan['models'][i],
+                             plan['positions'][i], data.labels, data.values, weights,
+                             data.is_regression, data.num_classes, dropout_keys, spec=spec,
+                             learning_rate=learning_rate)
+    losses.append(loss)
+  return state, jnp.stack(losses).mean(axis=0)
+
+
 @functools.partial(jax.jit, static_argnames=('spec',))
-def _outputs(params, stats, snapshots, models, snaps, offsets, *, spec: model_lib.ModelSpec):
-  batch = slices_lib.gather(snapshots, models, snaps, offsets, spec.slice_length)
+def _outputs_of(params, stats, batch, *, spec: model_lib.ModelSpec):
   module = spec.module()
   return jax.vmap(lambda p, s: module.apply({'params': p, 'batch_stats': s}, batch,
                                             train=False))(params, stats)
 
 
-def outputs_at(params, stats, spec: model_lib.ModelSpec, snapshots: jax.Array,
-               models: np.ndarray, snaps: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+@functools.partial(jax.jit, static_argnames=('spec',))
+def _outputs(params, stats, layout, models, snaps, offsets, *, spec: model_lib.ModelSpec):
+  return _outputs_of(params, stats, layout.gather(models, snaps, offsets, spec.slice_length),
+                     spec=spec)
+
+
+def outputs_at(params, stats, spec: model_lib.ModelSpec, snapshots, models: np.ndarray,
+               snaps: np.ndarray, offsets: np.ndarray) -> np.ndarray:
   """Raw outputs [P, N, num_outputs] (numpy) of the stacked members in inference mode for the
-  slices at (model, 0-based snapshot, offset) triples [N], EVAL_CHUNK slices per call."""
+  slices at (model, 0-based snapshot, offset) triples [N], EVAL_CHUNK slices per call.
+  snapshots: a DeviceLayout, or a host reader (`Release`, `Snapshots`) whose slices are read on
+  the host."""
   n = len(models)
   chunks = []
   for start in range(0, n, EVAL_CHUNK):
     stop = min(start + EVAL_CHUNK, n)
     pad = EVAL_CHUNK - (stop - start)
     take = lambda a: np.pad(np.asarray(a[start:stop], np.int32), (0, pad), mode='edge')
-    out = _outputs(params, stats, snapshots, take(models), take(snaps), take(offsets), spec=spec)
+    if isinstance(snapshots, source_lib.DeviceLayout):
+      out = _outputs(params, stats, snapshots, take(models), take(snaps), take(offsets),
+                     spec=spec)
+    else:
+      batch = snapshots.read(take(models), take(snaps), take(offsets), spec.slice_length)
+      out = _outputs_of(params, stats, jnp.asarray(batch), spec=spec)
     chunks.append(np.asarray(out)[:, :stop - start])
   if not chunks:
     return np.zeros((len(jax.tree.leaves(params)[0]), 0, spec.num_outputs), np.float32)
@@ -328,10 +415,13 @@ class MetaRun:
   history: pd.DataFrame
 
 
-def fit(config: MetaConfig, table: pd.DataFrame, snapshots: np.ndarray,
+def fit(config: MetaConfig, table: pd.DataFrame, snapshots,
         split: split_lib.ModelSplit, targets: Sequence[targets_lib.PropertyTarget], *,
         progress: bool = False) -> MetaRun:
-  """Trains one meta-classifier per target, all in one program, and keeps each one's best."""
+  """Trains one meta-classifier per target, all in one program, and keeps each one's best.
+
+  snapshots: `Snapshots` or [models, S, n] (held on the device), or a `Release` (read from disk).
+  """
   spec = model_spec(config, targets, table)
   data = prepare(config, table, snapshots, split, targets)
   seed_key = seed_key_for(config.seed)
@@ -352,10 +442,16 @@ def fit(config: MetaConfig, table: pd.DataFrame, snapshots: np.ndarray,
     import tqdm
     bar = tqdm.tqdm(total=config.epochs, desc='meta-classifiers', unit='epoch')
   for epoch in epochs:
-    state, losses = train_epoch(
-        state, jnp.int32(epoch), seed_key, member_keys, data.snapshots, data.lo, data.hi,
-        data.labels, data.values, data.is_regression, data.num_classes, train_models,
-        train_snaps, spec=spec, learning_rate=config.learning_rate, batch_size=config.batch_size)
+    if data.layout is not None:
+      state, losses = train_epoch(
+          state, jnp.int32(epoch), seed_key, member_keys, data.layout, data.lo, data.hi,
+          data.labels, data.values, data.is_regression, data.num_classes, train_models,
+          train_snaps, spec=spec, learning_rate=config.learning_rate,
+          batch_size=config.batch_size)
+    else:
+      state, losses = train_epoch_from_host(
+          state, epoch, seed_key, member_keys, data.reader, data, spec=spec,
+          learning_rate=config.learning_rate, batch_size=config.batch_size)
     if len(valid_models):
       out = outputs_at(state['params'], state['batch_stats'], spec, data.snapshots, valid_models,
                        valid_snaps, valid_offsets)

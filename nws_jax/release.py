@@ -1,0 +1,353 @@
+"""The published NWS release format (PROTOCOL §4): read where it lies, check, and write.
+
+A release is one or more split CSVs (the train and test nets), a row per net: the 13 property
+columns (PROTOCOL §1 names), `weightn_conv`, `weightn_fc` and `path`, the net's folder (relative
+to the CSV's folder, or absolute). Columns are found by name; others are kept but not used. A net
+folder holds
+  weights/001.bin … weights/020.bin   raw little-endian float64, weightn_conv + weightn_fc weights
+                                      each, in the §4 order (conv part first); 001 = initialisation
+  meta.csv    a header and one row: the 13 properties
+  error.bin   little-endian float64, 5 per exported epoch: step, train error %, validation
+              error %, test error %, smoothed validation error %
+  stat.bin    little-endian float64 [4]: epochs exported, steps, epochs, seconds
+PROTOCOL §4 fixes the weights' encoding; for error.bin and stat.bin it gives the fields only, and
+we read and write them as float64 like the weights (a deviation only if the release differs).
+
+Reading never loads a net whole: `Release.read` takes each slice with one positioned read
+(`os.pread`) from its file, so memory follows the batch, not the dataset. Every file is checked
+when the release is opened (folder, the 20 weight files, each exactly 8·(weightn_conv +
+weightn_fc) bytes) and, with `scan_nans`, read once in full for non-finite values; every slice
+read is checked for them too. A damaged net either fails the open (`on_damaged='fail'`, naming its
+path and what is wrong) or is left out and listed in `Release.damaged` (`'skip'`); a non-finite
+value met later, in a slice, always fails with the net's path.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from nws_jax import files
+from nws_jax import space
+
+NUM_SNAPSHOTS = 20
+WEIGHTS_DIR = 'weights'
+META_FILE = 'meta.csv'
+ERROR_FILE = 'error.bin'
+STAT_FILE = 'stat.bin'
+SPLIT_COLUMNS = space.PROPERTY_NAMES + ('weightn_conv', 'weightn_fc', 'path')
+ERROR_COLUMNS = ('step', 'train_error', 'valid_error', 'test_error', 'smoothed_valid_error')
+STAT_FIELDS = ('exports', 'steps', 'epochs', 'seconds')
+DTYPE = np.dtype('<f8')
+ON_DAMAGED = ('fail', 'skip')
+
+_BOOL_PROPERTIES = ('batch_norm', 'augmentation')
+_FLOAT_PROPERTIES = ('lrate',)
+_STR_PROPERTIES = ('dataset',)
+_TRUE = {'true', '1', '1.0', 'yes'}
+_FALSE = {'false', '0', '0.0', 'no'}
+# Threads overlap cold reads (disk latency); warm reads are CPU-bound, so no more than the cores.
+_READ_THREADS = min(8, os.cpu_count() or 1)
+
+
+class ReleaseError(ValueError):
+  """A split CSV or net folder that cannot be read as the release format."""
+
+
+class DamagedNetError(ReleaseError):
+  """A net whose files break the format (missing, wrong size, non-finite values)."""
+
+
+def weight_file(folder: str, number: int) -> str:
+  """Path of snapshot `number` (1-based) of the net in `folder`: weights/001.bin … 020.bin."""
+  return os.path.join(folder, WEIGHTS_DIR, f'{number:03d}.bin')
+
+
+# --- split CSVs -------------------------------------------------------------------------------
+
+def _normalise(table: pd.DataFrame, where: str) -> pd.DataFrame:
+  """The 13 properties in PROTOCOL encodings: booleans, ints, lrate float, dataset str."""
+  out = table.copy()
+  for name in space.PROPERTY_NAMES:
+    column = out[name]
+    if column.isna().any():
+      raise ReleaseError(f'{where}: column {name!r} has {int(column.isna().sum())} empty cells')
+    if name in _BOOL_PROPERTIES:
+      text = column.astype(str).str.strip().str.lower()
+      bad = ~text.isin(_TRUE | _FALSE)
+      if bad.any():
+        raise ReleaseError(f'{where}: column {name!r} holds {column[bad].iloc[0]!r}, '
+                           'not a boolean')
+      out[name] = text.isin(_TRUE)
+    elif name in _FLOAT_PROPERTIES:
+      out[name] = _numeric(column, name, where).astype(np.float64)
+    elif name in _STR_PROPERTIES:
+      out[name] = column.astype(str)
+    else:
+      values = _numeric(column, name, where)
+      if (values != np.round(values)).any():
+        raise ReleaseError(f'{where}: column {name!r} holds non-integer values')
+      out[name] = values.astype(np.int64)
+  for name in ('weightn_conv', 'weightn_fc'):
+    values = _numeric(out[name], name, where)
+    if (values != np.round(values)).any() or (values < 0).any():
+      raise ReleaseError(f'{where}: column {name!r} must hold non-negative integers')
+    out[name] = values.astype(np.int64)
+  if ((out['weightn_conv'] + out['weightn_fc']) < 1).any():
+    raise ReleaseError(f'{where}: a net has weightn_conv + weightn_fc = 0')
+  return out
+
+
+def _numeric(column: pd.Series, name: str, where: str) -> np.ndarray:
+  values = pd.to_numeric(column, errors='coerce')
+  if values.isna().any():
+    raise ReleaseError(f'{where}: column {name!r} holds {column[values.isna()].iloc[0]!r}, '
+                       'not a number')
+  return values.to_numpy(np.float64)
+
+
+def read_split_csv(path: str) -> pd.DataFrame:
+  """One split CSV: the 13 properties (PROTOCOL encodings), weightn_conv, weightn_fc, `path`
+  (absolute) and `csv` (this file), a row per net. Raises ReleaseError naming what is wrong."""
+  if not os.path.isfile(path):
+    raise ReleaseError(f'no split CSV at {path}')
+  try:
+    table = pd.read_csv(path, skipinitialspace=True)
+  except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+    raise ReleaseError(f'{path}: not a readable CSV ({str(e).splitlines()[0]})') from e
+  table.columns = [str(c).strip() for c in table.columns]
+  missing = [c for c in SPLIT_COLUMNS if c not in table.columns]
+  if missing:
+    raise ReleaseError(f'{path}: missing columns {", ".join(missing)} (a split CSV needs '
+                       f'{", ".join(SPLIT_COLUMNS)})')
+  if table.empty:
+    raise ReleaseError(f'{path}: no nets listed')
+  table = _normalise(table, path)
+  base = os.path.dirname(os.path.abspath(path))
+  table['path'] = [os.path.normpath(p if os.path.isabs(p) else os.path.join(base, p))
+                   for p in table['path'].astype(str)]
+  table['csv'] = os.path.abspath(path)
+  return table
+
+
+def read_split_csvs(paths: Sequence[str]) -> pd.DataFrame:
+  """Several split CSVs concatenated in order; a net listed twice is an error (it would leak
+  between meta-train and meta-test)."""
+  if not paths:
+    raise ReleaseError('no split CSV given')
+  table = pd.concat([read_split_csv(p) for p in paths], ignore_index=True)
+  twice = table['path'][table['path'].duplicated()]
+  if len(twice):
+    raise ReleaseError(f'net {twice.iloc[0]} is listed more than once '
+                       f'({len(twice)} duplicate rows in {", ".join(paths)})')
+  return table
+
+
+def write_split_csv(table: pd.DataFrame, path: str) -> None:
+  """Writes a split CSV (SPLIT_COLUMNS, `path` as given) atomically."""
+  files.write_atomic(path, lambda f: table[list(SPLIT_COLUMNS)].to_csv(f, index=False),
+                mode='w')
+
+
+# --- one net ----------------------------------------------------------------------------------
+
+def check_net(folder: str, n: int, num_snapshots: int = NUM_SNAPSHOTS) -> str | None:
+  """What is wrong with the net in `folder` whose vectors have n weights, from the file system
+  alone, or None: a missing folder or weight file, or a weight file of the wrong size."""
+  if not os.path.isdir(folder):
+    return 'folder missing'
+  for number in range(1, num_snapshots + 1):
+    path = weight_file(folder, number)
+    try:
+      size = os.stat(path).st_size
+    except FileNotFoundError:
+      return f'snapshot {number:03d}.bin missing'
+    if size != n * DTYPE.itemsize:
+      return (f'snapshot {number:03d}.bin has {size} bytes, expected {n * DTYPE.itemsize} '
+              f'({n} float64 weights = weightn_conv + weightn_fc)')
+  return None
+
+
+def nonfinite_counts(folder: str, n: int, num_snapshots: int = NUM_SNAPSHOTS) -> np.ndarray:
+  """int [num_snapshots]: non-finite weights per snapshot, reading one file at a time."""
+  return np.array([int((~np.isfinite(read_vector(folder, s, n))).sum())
+                   for s in range(1, num_snapshots + 1)])
+
+
+def read_vector(folder: str, number: int, n: int) -> np.ndarray:
+  """float64 [n]: snapshot `number` (1-based) of the net in `folder`."""
+  path = weight_file(folder, number)
+  vector = np.fromfile(path, dtype=DTYPE)
+  if vector.size != n:
+    raise DamagedNetError(f'{path}: {vector.size} weights, expected {n}')
+  return vector
+
+
+def read_properties(folder: str) -> dict:
+  """meta.csv of a net: the 13 properties (PROTOCOL encodings)."""
+  path = os.path.join(folder, META_FILE)
+  try:
+    table = pd.read_csv(path, skipinitialspace=True)
+  except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+    raise DamagedNetError(f'{path}: unreadable ({str(e).splitlines()[0]})') from e
+  missing = [c for c in space.PROPERTY_NAMES if c not in table.columns]
+  if missing or len(table) != 1:
+    raise DamagedNetError(f'{path}: expected one row of the 13 properties'
+                          + (f', missing {", ".join(missing)}' if missing else ''))
+  for name in ('weightn_conv', 'weightn_fc'):
+    table[name] = 1
+  return _normalise(table, path)[list(space.PROPERTY_NAMES)].iloc[0].to_dict()
+
+
+def read_errors(folder: str) -> np.ndarray:
+  """float64 [epochs, 5] of error.bin (ERROR_COLUMNS)."""
+  path = os.path.join(folder, ERROR_FILE)
+  values = np.fromfile(path, dtype=DTYPE)
+  if values.size % len(ERROR_COLUMNS):
+    raise DamagedNetError(f'{path}: {values.size} values, not rows of {len(ERROR_COLUMNS)}')
+  return values.reshape(-1, len(ERROR_COLUMNS))
+
+
+def read_stat(folder: str) -> np.ndarray:
+  """float64 [4] of stat.bin (STAT_FIELDS)."""
+  path = os.path.join(folder, STAT_FILE)
+  values = np.fromfile(path, dtype=DTYPE)
+  if values.size != len(STAT_FIELDS):
+    raise DamagedNetError(f'{path}: {values.size} values, expected {len(STAT_FIELDS)}')
+  return values
+
+
+def write_net(folder: str, vectors: np.ndarray, properties: dict, errors: np.ndarray,
+              stat: np.ndarray) -> None:
+  """Writes one net folder: vectors [S, n] as weights/001.bin…, meta.csv, error.bin [E, 5],
+  stat.bin [4]. Each file is written atomically; `folder` must not hold a net yet."""
+  vectors = np.asarray(vectors)
+  if vectors.ndim != 2:
+    raise ValueError(f'vectors must be [snapshots, n], got {vectors.shape}')
+  errors = np.asarray(errors, DTYPE)
+  if errors.ndim != 2 or errors.shape[1] != len(ERROR_COLUMNS):
+    raise ValueError(f'errors must be [epochs, {len(ERROR_COLUMNS)}], got {errors.shape}')
+  os.makedirs(os.path.join(folder, WEIGHTS_DIR), exist_ok=True)
+  for number, vector in enumerate(vectors, start=1):
+    data = np.ascontiguousarray(vector, DTYPE).tobytes()
+    files.write_atomic(weight_file(folder, number), lambda f, d=data: f.write(d))
+  row = pd.DataFrame([{name: properties[name] for name in space.PROPERTY_NAMES}])
+  files.write_atomic(os.path.join(folder, META_FILE), lambda f: row.to_csv(f, index=False), mode='w')
+  files.write_atomic(os.path.join(folder, ERROR_FILE), lambda f: f.write(errors.tobytes()))
+  stat = np.asarray(stat, DTYPE).reshape(len(STAT_FIELDS))
+  files.write_atomic(os.path.join(folder, STAT_FILE), lambda f: f.write(stat.tobytes()))
+
+
+# --- a whole release ----------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Release:
+  """The usable nets of one or more split CSVs, read lazily.
+
+  table: a row per usable net (the 13 properties, weightn_conv, weightn_fc, path, csv), in CSV
+    order; damaged: path, csv, reason of each net left out (on_damaged='skip').
+  """
+  table: pd.DataFrame
+  damaged: pd.DataFrame
+  num_snapshots: int = NUM_SNAPSHOTS
+
+  def __post_init__(self):
+    self._paths = self.table['path'].tolist()
+    self.lengths = (self.table['weightn_conv'] + self.table['weightn_fc']).to_numpy(np.int64)
+    self._pool = None
+
+  def __len__(self) -> int:
+    return len(self.table)
+
+  def _read_one(self, model: int, snap: int, offset: int, length: int) -> np.ndarray:
+    path = weight_file(self._paths[model], snap + 1)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+      data = os.pread(fd, length * DTYPE.itemsize, int(offset) * DTYPE.itemsize)
+    finally:
+      os.close(fd)
+    if len(data) != length * DTYPE.itemsize:
+      raise DamagedNetError(f'{path}: ended before weights {offset}..{offset + length} '
+                            '(truncated since it was checked?)')
+    return np.frombuffer(data, DTYPE)
+
+  def read(self, models: np.ndarray, snaps: np.ndarray, offsets: np.ndarray,
+           length: int) -> np.ndarray:
+    """float32 [N, length]: weights offsets[j]..+length of snapshot snaps[j] (0-based) of net
+    models[j], one positioned read each (threads overlap them). Raises DamagedNetError naming the
+    file when a slice holds a non-finite value."""
+    if self._pool is None and _READ_THREADS > 1:
+      self._pool = concurrent.futures.ThreadPoolExecutor(_READ_THREADS)
+    models, snaps, offsets = (np.asarray(a).reshape(-1) for a in (models, snaps, offsets))
+    if len(models) and ((offsets < 0) | (offsets + length > self.lengths[models])).any():
+      j = int(np.flatnonzero((offsets < 0) | (offsets + length > self.lengths[models]))[0])
+      raise ValueError(f'slice {offsets[j]}..{offsets[j] + length} lies outside the '
+                       f'{self.lengths[models[j]]} weights of {self._paths[models[j]]}')
+    out = np.empty((len(models), length), np.float32)
+
+    def fill(rows):
+      for j in rows:
+        out[j] = self._read_one(int(models[j]), int(snaps[j]), int(offsets[j]), length)
+
+    # A few contiguous runs per thread: one task per slice costs more than a warm read.
+    runs = np.array_split(np.arange(len(models)), _READ_THREADS)
+    if _READ_THREADS == 1:
+      fill(runs[0])
+    else:
+      list(self._pool.map(fill, runs))
+    bad = ~np.isfinite(out).all(axis=1)
+    if bad.any():
+      j = int(np.flatnonzero(bad)[0])
+      raise DamagedNetError(
+          f'{weight_file(self._paths[models[j]], snaps[j] + 1)}: non-finite weights in '
+          f'{offsets[j]}..{offsets[j] + length}; rerun with --scan_nans --on_damaged=skip to '
+          'find and leave out such nets before training')
+    return out
+
+  def vectors(self, models: np.ndarray, snaps: np.ndarray) -> list[np.ndarray]:
+    """float32 [n_m] whole vectors of (net, 0-based snapshot) pairs."""
+    return [read_vector(self._paths[m], int(s) + 1, int(self.lengths[m])).astype(np.float32)
+            for m, s in zip(np.asarray(models), np.asarray(snaps))]
+
+
+def open_release(csv_paths: Sequence[str], *, on_damaged: str = 'fail', scan_nans: bool = False,
+                 progress: bool = False) -> Release:
+  """Reads the split CSVs and checks every listed net (see the module docstring).
+
+  Raises ReleaseError for a bad CSV, DamagedNetError for a damaged net with on_damaged='fail'
+  (or when no net is left), both with one line naming the file.
+  """
+  if on_damaged not in ON_DAMAGED:
+    raise ReleaseError(f'unknown on_damaged {on_damaged!r}; choose from: ' + ', '.join(ON_DAMAGED))
+  table = read_split_csvs(csv_paths)
+  lengths = (table['weightn_conv'] + table['weightn_fc']).to_numpy(np.int64)
+  rows = range(len(table))
+  if progress:
+    import tqdm
+    rows = tqdm.tqdm(rows, desc='checking nets' + (' (full read)' if scan_nans else ''),
+                     unit='net')
+  damaged = []
+  for i in rows:
+    folder, n = table['path'].iloc[i], int(lengths[i])
+    reason = check_net(folder, n)
+    if reason is None and scan_nans:
+      counts = nonfinite_counts(folder, n)
+      if counts.any():
+        first = int(np.flatnonzero(counts)[0]) + 1
+        reason = (f'{int(counts.sum())} non-finite weights (first in snapshot {first:03d}.bin)')
+    if reason is not None:
+      if on_damaged == 'fail':
+        raise DamagedNetError(f'damaged net {folder} (listed in {table["csv"].iloc[i]}): {reason}'
+                              '; --on_damaged=skip leaves such nets out')
+      damaged.append(dict(path=folder, csv=table['csv'].iloc[i], reason=reason))
+  damaged = pd.DataFrame(damaged, columns=['path', 'csv', 'reason'])
+  usable = table[~table['path'].isin(damaged['path'])].reset_index(drop=True)
+  if usable.empty:
+    raise DamagedNetError(f'all {len(table)} nets are damaged; the first: '
+                          f'{damaged["path"].iloc[0]}: {damaged["reason"].iloc[0]}')
+  return Release(usable, damaged)
