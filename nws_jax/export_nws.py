@@ -1,0 +1,63 @@
+r"""Writes a zoo as the published NWS release format: a folder per net and train/test split CSVs.
+
+  python -m nws_jax.export_nws --zoo=/tmp/zoo --out=/tmp/nws_release --test_fraction=0.2 --seed=0
+
+Each kept model becomes out/nets/<prefix>_<model_id:06d>/ (weights/001.bin … 020.bin as raw
+little-endian float64, meta.csv, error.bin, stat.bin; PROTOCOL §4) and a row of out/train.csv or
+out/test.csv (split by model, seeded). Models that failed to train are left out, as the release
+left them out, unless --include_failed. stat.bin's seconds is the whole zoo's wall time (its nets
+trained together). See nws_jax/release_convert.py for every field.
+Exit code 2 for bad flags, a zoo that cannot be read or predates steps_per_epoch, a split that
+leaves a side empty, or an --out that is not empty (unless --overwrite); nothing is written then.
+"""
+
+import functools
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from nws_jax import cli
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string('zoo', None, 'Zoo workdir to export (written by train_zoo).')
+flags.DEFINE_string('out', None, 'Folder of the release (created; must be absent or empty).')
+flags.DEFINE_float('test_fraction', 0.2, 'Share of the nets listed in test.csv.')
+flags.DEFINE_integer('seed', 0, 'Seed of the train/test split.')
+flags.DEFINE_bool('include_failed', False,
+                  'Export the models that failed to train too (the release left them out).')
+flags.DEFINE_string('prefix', 'nwsjax', 'Net folder names: <prefix>_<model_id:06d>.')
+flags.DEFINE_bool('overwrite', False, 'Replace a non-empty --out (once the new one is complete).')
+flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+
+_fail = functools.partial(cli.fail, 'export_nws')
+
+
+def main(argv):
+  if len(argv) > 1:
+    _fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not FLAGS.zoo:
+    _fail('--zoo is required')
+  if not FLAGS.out:
+    _fail('--out is required')
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO.
+  # Imported here so that --help and flag errors stay fast.
+  from nws_jax import release_convert
+  from nws_jax import zoo as zoo_lib
+
+  try:
+    summary = release_convert.export_zoo(
+        FLAGS.zoo, FLAGS.out, test_fraction=FLAGS.test_fraction, seed=FLAGS.seed,
+        include_failed=FLAGS.include_failed, prefix=FLAGS.prefix, overwrite=FLAGS.overwrite,
+        progress=FLAGS.progress)
+  except (ValueError, OSError, zoo_lib.ZooError) as e:
+    _fail(' '.join(str(e).split()))
+  print(f'{summary["nets"]} nets ({summary["train"]} in train.csv, {summary["test"]} in test.csv'
+        f', {summary["left_out_failed"]} failed left out), {summary["bytes"] / 2**20:.1f} MiB in '
+        f'{summary["out"]}')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.flags_parser('export_nws'))

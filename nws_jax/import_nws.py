@@ -1,0 +1,66 @@
+r"""Imports nets of the published NWS release format into a zoo workdir that load_zoo reads.
+
+  python -m nws_jax.import_nws --csv=/data/nws/train.csv,/data/nws/test.csv --out=/tmp/nws_zoo
+
+Reads the split CSVs (PROTOCOL §4), checks every listed net, then streams them net by net into
+Orbax snapshot chunks of about --chunk_mb MiB (memory holds one chunk), with models.csv (the 13
+properties, accuracies from error.bin, epochs and seconds from stat.bin, the source folder),
+curves.csv and config.json. Weights are rounded from the release's float64 to float32, as our
+zoos store them (a zoo written by export_nws comes back bit-identical). A damaged net (missing or
+wrong-size files, non-finite weights) fails the import, naming it, or with --on_damaged=skip is
+left out and listed in config.json; --scan_nans reads every net once more up front to find
+non-finite weights before anything is written. See nws_jax/release_convert.py.
+Exit code 2 for bad flags, an unreadable CSV, a damaged net (unless skipped), or an --out that is
+not empty (unless --overwrite); nothing is written then.
+"""
+
+import functools
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from nws_jax import cli
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_list('csv', None, 'Split CSV(s) of the release, comma-separated (e.g. train,test).')
+flags.DEFINE_string('out', None, 'Zoo workdir to write (created; must be absent or empty).')
+flags.DEFINE_enum('on_damaged', 'fail', ['fail', 'skip'],
+                  'What a damaged net does: fail the import, or skip it (listed in config.json).')
+flags.DEFINE_bool('scan_nans', False,
+                  'Read every net in full when opening the release, to find non-finite weights '
+                  'before writing anything.')
+flags.DEFINE_float('chunk_mb', 256, 'Size of the snapshot chunks written (MiB): bounds memory.')
+flags.DEFINE_bool('overwrite', False, 'Replace a non-empty --out (once the new one is complete).')
+flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+
+_fail = functools.partial(cli.fail, 'import_nws')
+
+
+def main(argv):
+  if len(argv) > 1:
+    _fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not FLAGS.csv:
+    _fail('--csv is required')
+  if not FLAGS.out:
+    _fail('--out is required')
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  # Imported here so that --help and flag errors stay fast.
+  from nws_jax import release_convert
+  from nws_jax import zoo as zoo_lib
+
+  try:
+    summary = release_convert.import_release(
+        FLAGS.csv, FLAGS.out, on_damaged=FLAGS.on_damaged, scan_nans=FLAGS.scan_nans,
+        chunk_mb=FLAGS.chunk_mb, overwrite=FLAGS.overwrite, progress=FLAGS.progress)
+  except (ValueError, OSError, zoo_lib.ZooError) as e:
+    _fail(' '.join(str(e).split()))
+  print(f'{summary["models"]} nets imported ({summary["damaged"]} damaged left out), '
+        f'{summary["bytes"] / 2**20:.1f} MiB of float32 snapshots in {summary["chunks"]} chunks '
+        f'in {summary["out"]}')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.flags_parser('import_nws'))
