@@ -5,8 +5,10 @@ r"""Benchmarks of nws_jax: how much vectorising buys, and how close it runs to t
 
 Suites: zoo (vectorised trainer against a per-model loop), roofline (achieved FLOP/s against the
 measured matmul peak, memory per model), meta (meta-classifiers: one property against all in
-one program), io (snapshot saving and its stall, slice reads). Prints a table per suite; with
---json_out, one JSON line per measurement. Exit code 2 for bad flags.
+one program), io (snapshot saving and its stall, slice reads), release (reading the published
+release format: slices from a warm and a cold page cache, the open checks, memory under an
+address-space limit). Prints a table per suite; with --json_out, one JSON line per measurement.
+Exit code 2 for bad flags.
 """
 
 import functools
@@ -18,7 +20,7 @@ from absl import logging
 
 from nws_jax import cli
 
-SUITES = ('zoo', 'roofline', 'meta', 'io')
+SUITES = ('zoo', 'roofline', 'meta', 'io', 'release')
 FLAGS = flags.FLAGS
 
 flags.DEFINE_list('suite', ['zoo'], 'Suites to run, comma-separated, among: '
@@ -35,7 +37,20 @@ flags.DEFINE_integer('meta_slice_length', 500, 'Slice length of the meta suite.'
 flags.DEFINE_list('meta_conv_widths', ['8', '16', '32', '32', '32', '32'],
                   'Conv widths of the meta suite\'s meta-classifiers.')
 flags.DEFINE_list('meta_dense_widths', ['256', '64'], 'Dense widths of the meta suite.')
-flags.DEFINE_string('workdir', None, 'Where the io suite writes (default: a temporary dir).')
+flags.DEFINE_integer('release_num_models', 64, 'Nets of the release suite\'s release (two '
+                     'architectures in turn).')
+flags.DEFINE_integer('release_weights', 100_000, 'Weights per net of the release suite\'s longer '
+                     'architecture (the other has 3/4 of them).')
+flags.DEFINE_integer('release_slice_length', 5000, 'Slice length of the release suite.')
+flags.DEFINE_integer('release_batches', 50, 'Batches per timed round of the release suite.')
+flags.DEFINE_integer('release_rss_num_models', 40, 'Nets of the release suite\'s sparse release, '
+                     'read under an address-space limit.')
+flags.DEFINE_integer('release_rss_weights', 1_000_000, 'Weights per net of that sparse release.')
+flags.DEFINE_integer('release_rss_limit_mb', 3072, 'RLIMIT_AS of the process reading it, MiB (it '
+                     'must be smaller than the sparse release).')
+flags.DEFINE_integer('release_rss_batches', 200, 'Batches read under that limit.')
+flags.DEFINE_string('workdir', None, 'Where the io and release suites write (default: a '
+                    'temporary dir).')
 flags.DEFINE_string('json_out', None, 'Write every measurement as a JSON line to this file.')
 
 
@@ -65,9 +80,17 @@ def main(argv):
       meta_num_models=FLAGS.meta_num_models, meta_slice_length=FLAGS.meta_slice_length,
       meta_conv_widths=_int_list('meta_conv_widths'),
       meta_dense_widths=_int_list('meta_dense_widths'),
+      release_num_models=FLAGS.release_num_models, release_weights=FLAGS.release_weights,
+      release_slice_length=FLAGS.release_slice_length, release_batches=FLAGS.release_batches,
+      release_rss_num_models=FLAGS.release_rss_num_models,
+      release_rss_weights=FLAGS.release_rss_weights,
+      release_rss_limit_mb=FLAGS.release_rss_limit_mb,
+      release_rss_batches=FLAGS.release_rss_batches,
       workdir=FLAGS.workdir)
   try:
     config.validate()
+    if 'release' in suites:
+      importlib.import_module('nws_jax.bench.release').check_sizes(config)
   except ValueError as e:
     _fail(str(e))
   if FLAGS.json_out and not os.path.isdir(os.path.dirname(os.path.abspath(FLAGS.json_out))):

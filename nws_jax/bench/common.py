@@ -8,10 +8,14 @@ Timings exclude compilation (each program runs once before it is timed) unless a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import os
+import shutil
+import tempfile
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import jax
 
@@ -25,8 +29,10 @@ class BenchConfig:
   ACCELERATOR_NUM_MODELS); batch_size: images per model-step; steps: training steps per timed
   call; repeats: timed calls (mean); loop_models: models timed one by one for the per-model loop
   (its rate is per model, so it extrapolates); conv_impl: 'auto', 'im2col' or 'lax';
-  meta_*: the meta suite's slice length and widths; workdir: where the io suite writes (None: a
-  temporary directory)."""
+  meta_*: the meta suite's slice length and widths; release_*: the release suite's sizes (nets,
+  weights per net of the longer architecture, slice length, timed batches per round; and of its
+  sparse release read under an address-space limit of release_rss_limit_mb MiB); workdir: where
+  the io and release suites write (None: a temporary directory)."""
   num_models: tuple[int, ...] | None = None
   batch_size: int = 64
   steps: int = 16
@@ -37,6 +43,14 @@ class BenchConfig:
   meta_slice_length: int = 500
   meta_conv_widths: tuple[int, ...] = (8, 16, 32, 32, 32, 32)
   meta_dense_widths: tuple[int, ...] = (256, 64)
+  release_num_models: int = 64
+  release_weights: int = 100_000
+  release_slice_length: int = 5000
+  release_batches: int = 50
+  release_rss_num_models: int = 40
+  release_rss_weights: int = 1_000_000
+  release_rss_limit_mb: int = 3072
+  release_rss_batches: int = 200
   workdir: str | None = None
   seed: int = 0
 
@@ -48,13 +62,30 @@ class BenchConfig:
   def validate(self) -> None:
     """Raises ValueError (one line) for options no suite can run with."""
     for name in ('batch_size', 'steps', 'repeats', 'loop_models', 'meta_num_models',
-                 'meta_slice_length'):
+                 'meta_slice_length', 'release_num_models', 'release_weights',
+                 'release_slice_length', 'release_batches', 'release_rss_num_models',
+                 'release_rss_weights', 'release_rss_limit_mb', 'release_rss_batches'):
       if getattr(self, name) < 1:
         raise ValueError(f'{name} must be at least 1, got {getattr(self, name)}')
     if self.num_models is not None and min(self.num_models, default=1) < 1:
       raise ValueError(f'num_models must be positive, got {list(self.num_models)}')
     if self.conv_impl not in ('auto', 'im2col', 'lax'):
       raise ValueError(f'unknown conv_impl {self.conv_impl!r}')
+
+
+@contextlib.contextmanager
+def scratch_directory(workdir: str | None, suite: str) -> Iterator[str]:
+  """A fresh directory inside `workdir` (created if needed), or a temporary one when None;
+  removed with everything in it on exit."""
+  if workdir is None:
+    path = tempfile.mkdtemp(prefix=f'nws_bench_{suite}_')
+  else:
+    os.makedirs(workdir, exist_ok=True)
+    path = tempfile.mkdtemp(prefix=f'bench_{suite}_', dir=workdir)
+  try:
+    yield path
+  finally:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def device_fields() -> dict:

@@ -33,12 +33,10 @@ A size that runs out of device memory gives a row with `error='out of memory'`.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
 import shutil
-import tempfile
 import time
 from typing import Callable, Iterator
 
@@ -60,19 +58,9 @@ STALL_MAX_ITERS = 1_000_000
 BYTES_PER_WEIGHT = 4
 
 
-@contextlib.contextmanager
-def scratch_directory(workdir: str | None) -> Iterator[str]:
-  """A fresh directory inside `workdir` (created if needed), or a temporary one when None;
-  removed with everything in it on exit."""
-  if workdir is None:
-    path = tempfile.mkdtemp(prefix='nws_bench_io_')
-  else:
-    os.makedirs(workdir, exist_ok=True)
-    path = tempfile.mkdtemp(prefix='bench_io_', dir=workdir)
-  try:
-    yield path
-  finally:
-    shutil.rmtree(path, ignore_errors=True)
+def scratch_directory(workdir: str | None):
+  """A fresh directory inside `workdir`, or a temporary one when None; removed on exit."""
+  return common.scratch_directory(workdir, SUITE)
 
 
 def save_sizes(config: common.BenchConfig) -> tuple[int, ...]:
