@@ -10,12 +10,25 @@ import sys
 from typing import Callable, NoReturn
 
 from absl import flags
+from absl import logging
 
 
 def fail(prog: str, message: str) -> NoReturn:
   """Prints `prog: error: message` on stderr and exits 2."""
   print(f'{prog}: error: {message}', file=sys.stderr)
   sys.exit(2)
+
+
+def begin(prog: str, argv, required: tuple[str, ...] = ()) -> None:
+  """The start of every main: no positional arguments, each flag in `required` given, and absl
+  logging at WARNING unless --verbosity is given (Orbax logs every read and save at INFO)."""
+  if len(argv) > 1:
+    fail(prog, f'unexpected arguments: {" ".join(argv[1:])}')
+  for name in required:
+    if not flags.FLAGS[name].value:
+      fail(prog, f'--{name} is required')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
 
 
 def flags_parser(prog: str) -> Callable:

@@ -15,7 +15,6 @@ import functools
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from nws_jax import cli
 
@@ -35,14 +34,7 @@ _fail = functools.partial(cli.fail, 'export_nws')
 
 
 def main(argv):
-  if len(argv) > 1:
-    _fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not FLAGS.zoo:
-    _fail('--zoo is required')
-  if not FLAGS.out:
-    _fail('--out is required')
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO.
+  cli.begin('export_nws', argv, required=('zoo', 'out'))
   # Imported here so that --help and flag errors stay fast.
   from nws_jax import release_convert
   from nws_jax import zoo as zoo_lib

@@ -18,7 +18,6 @@ import functools
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from nws_jax import cli
 
@@ -39,14 +38,7 @@ _fail = functools.partial(cli.fail, 'import_nws')
 
 
 def main(argv):
-  if len(argv) > 1:
-    _fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not FLAGS.csv:
-    _fail('--csv is required')
-  if not FLAGS.out:
-    _fail('--out is required')
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  cli.begin('import_nws', argv, required=('csv', 'out'))
   # Imported here so that --help and flag errors stay fast.
   from nws_jax import release_convert
   from nws_jax import zoo as zoo_lib

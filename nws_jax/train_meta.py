@@ -24,7 +24,6 @@ import functools
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from nws_jax import cli
 
@@ -78,18 +77,13 @@ _int_list = functools.partial(cli.int_list, 'train_meta')
 
 
 def main(argv):
-  if len(argv) > 1:
-    _fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not FLAGS.workdir:
-    _fail('--workdir is required')
+  cli.begin('train_meta', argv, required=('workdir',))
   if FLAGS.zoo and (FLAGS.nws_csv or FLAGS.nws_test_csv):
     _fail('give either --zoo or --nws_csv, not both')
   if FLAGS.nws_test_csv and not FLAGS.nws_csv:
     _fail('--nws_test_csv needs --nws_csv (the training nets)')
   if not FLAGS.evaluate_only and not FLAGS.zoo and not FLAGS.nws_csv:
     _fail('--zoo or --nws_csv is required (the nets to read)')
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
   # Imported here so that --help and flag errors stay fast.
   from nws_jax import zoo as zoo_lib
   from nws_jax.meta import pipeline

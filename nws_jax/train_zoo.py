@@ -72,12 +72,7 @@ def summary(zoo) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    _fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not FLAGS.workdir:
-    _fail('--workdir is required')
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  cli.begin('train_zoo', argv, required=('workdir',))
   # Imported here so that --help and flag errors stay fast.
   from nws_jax import zoo_builder
 

@@ -16,17 +16,11 @@ from nws_jax import release_convert
 from nws_jax import space
 from nws_jax import zoo as zoo_lib
 
+from helpers import file_state
+
 NUM_MODELS = 40  # the synthetic zoo (conftest.write_synthetic_zoo)
 
 
-def file_state(directory):
-  state = {}
-  for root, _, names in os.walk(directory):
-    for name in names:
-      path = os.path.join(root, name)
-      with open(path, 'rb') as f:
-        state[os.path.relpath(path, directory)] = (f.read(), os.stat(path).st_mtime_ns)
-  return state
 
 
 @pytest.fixture(scope='module')

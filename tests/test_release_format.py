@@ -15,6 +15,8 @@ from nws_jax import release
 from nws_jax import release_convert
 from nws_jax import zoo as zoo_lib
 
+from helpers import file_state
+
 PROPERTY_NAMES = ['dataset', 'lrate', 'batch_size', 'batch_norm', 'augmentation', 'optimizer',
                   'activation', 'initialization', 'filter_size', 'depth_conv', 'depth_fc',
                   'width_conv', 'width_fc']
@@ -100,14 +102,6 @@ def csvs(hand):
   return [hand['train'], hand['test']]
 
 
-def file_state(directory):
-  state = {}
-  for root, _, names in os.walk(directory):
-    for name in names:
-      path = os.path.join(root, name)
-      with open(path, 'rb') as f:
-        state[os.path.relpath(path, directory)] = (f.read(), os.stat(path).st_mtime_ns)
-  return state
 
 
 # --- reading the release ------------------------------------------------------------------------

@@ -10,6 +10,8 @@ import sys
 import pandas as pd
 import pytest
 
+from helpers import file_state
+
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 PROPERTIES = ['dataset', 'lrate', 'augmentation', 'optimizer', 'initialization']
 EVAL_FLAGS = ['--positions=5', '--ensemble_slices=3', '--snapshot_slices=2', '--progress=false']
@@ -33,15 +35,6 @@ def assert_refused(result, message):
   assert message in error_line(result)
 
 
-def file_state(directory):
-  """{relative path: (bytes, mtime_ns)} of every file under `directory`."""
-  state = {}
-  for root, _, names in os.walk(directory):
-    for name in names:
-      path = os.path.join(root, name)
-      with open(path, 'rb') as f:
-        state[os.path.relpath(path, directory)] = (f.read(), os.stat(path).st_mtime_ns)
-  return state
 
 
 # Errors: exit 2, one line, no workdir.

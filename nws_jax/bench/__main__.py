@@ -16,7 +16,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from nws_jax import cli
 
@@ -59,15 +58,12 @@ _int_list = functools.partial(cli.int_list, 'bench')
 
 
 def main(argv):
-  if len(argv) > 1:
-    _fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  cli.begin('bench', argv)
   suites = list(SUITES) if 'all' in FLAGS.suite else list(dict.fromkeys(FLAGS.suite))
   unknown = [s for s in suites if s not in SUITES]
   if unknown or not suites:
     _fail(f'unknown suite {unknown[0] if unknown else "(none)"!r}; choose from: '
           + ', '.join(SUITES + ('all',)))
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
   import importlib
   import os
 
