@@ -145,6 +145,17 @@ def test_cli_trains_and_reevaluates_on_the_release(release_dir, tmp_path):
   pd.testing.assert_frame_equal(pd.read_csv(workdir / 'accuracy.csv'), accuracy)
 
 
+def test_evaluate_only_refuses_a_release_whose_nets_changed(release_dir, tmp_path):
+  src = source_lib.from_release([os.path.join(release_dir, 'train.csv')])
+  fewer = tmp_path / 'fewer.csv'
+  pd.read_csv(os.path.join(release_dir, 'train.csv')).iloc[1:].assign(
+      path=lambda t: [os.path.join(release_dir, p) for p in t['path']]).to_csv(fewer, index=False)
+  changed = dict(src.description, train_csvs=[str(fewer)])
+  with pytest.raises(release.ReleaseError, match='its split would name other nets'):
+    source_lib.open_source(changed)
+  assert len(source_lib.open_source(src.description).table) == 30
+
+
 def _error(result):
   lines = [l for l in result.stderr.splitlines() if l.startswith('train_meta: error:')]
   assert result.returncode == 2 and len(lines) == 1, result.stderr

@@ -15,6 +15,7 @@ from disk with one positioned read each, so memory follows the batch, not the da
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from typing import Sequence
 
@@ -133,17 +134,29 @@ def from_release(train_csvs: Sequence[str], test_csvs: Sequence[str] = (), *,
     if len(test_models) == 0 or len(test_models) == len(release):
       raise release_lib.ReleaseError('the train and test CSVs must both list usable nets')
   description = {'kind': 'release', 'train_csvs': train_csvs, 'test_csvs': test_csvs,
-                 'on_damaged': on_damaged, 'scan_nans': scan_nans}
+                 'on_damaged': on_damaged, 'scan_nans': scan_nans,
+                 'nets': _fingerprint(release.table['path'])}
   return WeightSource(release.table, release, description, test_models)
 
 
+def _fingerprint(paths: pd.Series) -> str:
+  """How many nets, and a digest of their paths in order: a run's model indices are rows."""
+  digest = hashlib.sha1('\n'.join(paths).encode()).hexdigest()[:16]
+  return f'{len(paths)} nets, paths sha1 {digest}'
+
+
 def open_source(description: dict) -> WeightSource:
-  """Reopens a source from its `description` (as saved with a run)."""
-  if description.get('kind') == 'release':
-    return from_release(description['train_csvs'], description['test_csvs'],
-                        on_damaged=description['on_damaged'],
-                        scan_nans=description['scan_nans'])
-  return from_zoo(description['zoo'])
+  """Reopens a source from its `description` (as saved with a run). Raises ReleaseError when a
+  release's usable nets are no longer those the run read (the run's rows would name others)."""
+  if description.get('kind') != 'release':
+    return from_zoo(description['zoo'])
+  source = from_release(description['train_csvs'], description['test_csvs'],
+                        on_damaged=description['on_damaged'], scan_nans=description['scan_nans'])
+  if source.description['nets'] != description['nets']:
+    raise release_lib.ReleaseError(
+        f'the release now has {source.description["nets"]}, but the run read '
+        f'{description["nets"]}: its split would name other nets')
+  return source
 
 
 def _abs(path: str) -> str:

@@ -317,11 +317,11 @@ def train_step(state: dict, batch: jax.Array, i: jax.Array, models, positions, l
 
 
 def train_epoch_from_host(state: dict, epoch: int, seed_key: jax.Array, member_keys: jax.Array,
-                          reader, data: MetaData, *, spec: model_lib.ModelSpec,
-                          learning_rate: float, batch_size: int) -> tuple[dict, jax.Array]:
-  """`train_epoch` for slices read on the host by `reader` (a Release): the device plans the
-  epoch, the host reads each step's slices while the device runs the step before (dispatch is
-  asynchronous), and one jitted step trains on them."""
+                          data: MetaData, *, spec: model_lib.ModelSpec, learning_rate: float,
+                          batch_size: int) -> tuple[dict, jax.Array]:
+  """`train_epoch` for slices read on the host by `data.reader` (a Release): the device plans
+  the epoch, the host reads each step's slices while the device runs the step before (dispatch
+  is asynchronous), and one jitted step trains on them."""
   train_models, train_snaps = (jnp.asarray(a) for a in data.train_pairs)
   plan, weights, dropout_keys = epoch_plan(
       jnp.int32(epoch), seed_key, member_keys, data.labels, data.is_regression, data.lo, data.hi,
@@ -330,10 +330,10 @@ def train_epoch_from_host(state: dict, epoch: int, seed_key: jax.Array, member_k
   host = jax.device_get(plan)
   losses = []
   for i in range(host['models'].shape[0]):
-    batch = reader.read(host['models'][i], host['snaps'][i], host['offsets'][i],
-                        spec.slice_length)
-    state, loss = train_step(state, jnp.asarray(batch), jnp.int32(i), plan['models'][i],
-                             plan['positions'][i], data.labels, data.values, weights,
+    batch = data.reader.read(host['models'][i], host['snaps'][i], host['offsets'][i],
+                             spec.slice_length)
+    state, loss = train_step(state, batch, jnp.int32(i), host['models'][i],
+                             host['positions'][i], data.labels, data.values, weights,
                              data.is_regression, data.num_classes, dropout_keys, spec=spec,
                              learning_rate=learning_rate)
     losses.append(loss)
@@ -450,7 +450,7 @@ def fit(config: MetaConfig, table: pd.DataFrame, snapshots,
           batch_size=config.batch_size)
     else:
       state, losses = train_epoch_from_host(
-          state, epoch, seed_key, member_keys, data.reader, data, spec=spec,
+          state, epoch, seed_key, member_keys, data, spec=spec,
           learning_rate=config.learning_rate, batch_size=config.batch_size)
     if len(valid_models):
       out = outputs_at(state['params'], state['batch_stats'], spec, data.snapshots, valid_models,
