@@ -1,8 +1,9 @@
 """Weight snapshots of a zoo (PROTOCOL §4): per-epoch exports, the 20 kept, Orbax storage.
 
-While a zoo trains, every epoch boundary's weights of all models, [models, n] float32 in the
-release order (`cnn.flatten`), are saved asynchronously with Orbax as one step of an `exports/`
-checkpoint directory (step e holds export e + 1: step 0 is the initialisation). When training
+While a zoo trains, every epoch boundary's weights of all models in the release order
+(`cnn.flatten`), one float32 [models of the architecture, n] array per architecture, are saved
+asynchronously with Orbax as one step of an `exports/` checkpoint directory (step e holds export
+e + 1: step 0 is the initialisation). When training
 ends, each model keeps the exports round(linspace(1, E, 20)) of its own E exports; these go to
 the `snapshots/` checkpoint with their export numbers [models, 20], and the per-epoch exports
 are deleted.
@@ -47,15 +48,19 @@ def _manager(directory: str, async_save: bool = True) -> ocp.CheckpointManager:
 
 
 class ExportWriter:
-  """Saves per-epoch exports [models, n] as Orbax steps without blocking training."""
+  """Saves per-epoch exports (a tuple of [models_a, n_a] arrays, one per architecture) as Orbax
+  steps without blocking training."""
 
   def __init__(self, directory: str):
     self.directory = directory
     self._manager = _manager(directory)
 
-  def save(self, step: int, weights: jax.Array) -> None:
-    """step: epochs trained (0 = initialisation); weights: [models, n] float32."""
-    self._manager.save(step, args=ocp.args.StandardSave({'weights': weights}))
+  def save(self, step: int, weights) -> None:
+    """step: epochs trained (0 = initialisation); weights: float32 [models, n], or a tuple of
+    such arrays (one per architecture)."""
+    if not isinstance(weights, (tuple, list)):
+      weights = (weights,)
+    self._manager.save(step, args=ocp.args.StandardSave({'weights': list(weights)}))
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -67,9 +72,11 @@ class ExportWriter:
       if s > step:
         self._manager.delete(s)
 
-  def read(self, step: int) -> np.ndarray:
+  def read(self, step: int) -> list[np.ndarray]:
+    """The arrays saved at `step`, in the order given to `save`."""
     self._manager.wait_until_finished()
-    return np.asarray(self._manager.restore(step, args=ocp.args.StandardRestore())['weights'])
+    tree = self._manager.restore(step, args=ocp.args.StandardRestore())['weights']
+    return [np.asarray(a) for a in tree]
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -79,23 +86,27 @@ class ExportWriter:
     self._manager.close()
 
 
-def gather_snapshots(writer: ExportWriter, epochs: np.ndarray,
-                     num_snapshots: int = NUM_SNAPSHOTS) -> tuple[np.ndarray, np.ndarray]:
-  """Each model's kept exports: ([models, num_snapshots, n] float32, export numbers [models, S]).
+def gather_snapshots(writer: ExportWriter, epochs: np.ndarray, arch_members: Sequence[np.ndarray],
+                     num_snapshots: int = NUM_SNAPSHOTS) -> tuple['Snapshots', np.ndarray]:
+  """Each model's kept exports: (Snapshots, export numbers int [models, num_snapshots]).
 
-  epochs: [models] epochs each model trained, so model m has E = epochs[m] + 1 exports. Each
-  saved export step is read at most once.
+  epochs: [models] epochs each model trained, so model m has E = epochs[m] + 1 exports.
+  arch_members: per saved array, the zoo positions of its rows (`ZooTrainer.arch_members`).
+  Each saved export step is read at most once.
   """
   epochs = np.asarray(epochs)
   numbers = np.stack([select_exports(int(e) + 1, num_snapshots) for e in epochs])
-  out = None
+  per_model = [None] * len(epochs)
   for step in np.unique(numbers - 1):
-    weights = writer.read(int(step))
-    if out is None:
-      out = np.empty((len(epochs), num_snapshots, weights.shape[1]), np.float32)
-    rows, cols = np.nonzero(numbers - 1 == step)
-    out[rows, cols] = weights[rows]
-  return out, numbers
+    arrays = writer.read(int(step))
+    for weights, members in zip(arrays, arch_members):
+      for row, m in enumerate(members):
+        cols = np.flatnonzero(numbers[m] - 1 == step)
+        if len(cols):
+          if per_model[m] is None:
+            per_model[m] = np.empty((num_snapshots, weights.shape[1]), np.float32)
+          per_model[m][cols] = weights[row]
+  return Snapshots.from_list(per_model), numbers
 
 
 @dataclasses.dataclass

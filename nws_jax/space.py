@@ -35,7 +35,8 @@ WIDTHS_FC = (64, 128, 192)
 # nws_fixed: one architecture for every model (PROTOCOL §1, fixed-architecture mode).
 FIXED_ARCHITECTURE = dict(filter_size=5, depth_conv=3, depth_fc=2, width_conv=8, width_fc=128)
 
-ARCHITECTURE_MODES = ('fixed',)
+# 'random' (nws_main): the five architecture properties drawn per model too.
+ARCHITECTURE_MODES = ('fixed', 'random')
 
 # Columns that follow the 13 properties in models.csv.
 TABLE_COLUMNS = (
@@ -83,7 +84,8 @@ def sample_model(seed: int, model_id: int, datasets: Sequence[str],
     seed: the zoo's seed.
     model_id: the model's index in the zoo (0-based).
     datasets: the dataset names to draw from, uniformly.
-    architecture: 'fixed' (nws_fixed's architecture for every model).
+    architecture: 'fixed' (nws_fixed's architecture for every model) or 'random' (nws_main:
+      filter size, conv and dense depth and widths drawn uniformly too).
   """
   if architecture not in ARCHITECTURE_MODES:
     raise ValueError(f'unknown architecture mode {architecture!r}; choose from: '
@@ -106,12 +108,12 @@ def sample_model(seed: int, model_id: int, datasets: Sequence[str],
       width_conv=WIDTHS_CONV[int(rng.integers(3))],
       width_fc=WIDTHS_FC[int(rng.integers(3))],
   )
-  del random_arch  # Mixed architectures arrive with --architecture=random (a later issue).
+  arch = random_arch if architecture == 'random' else FIXED_ARCHITECTURE
   return ModelConfig(
       dataset=dataset, lrate=lrate, batch_size=batch_size,
       batch_norm=True,  # Always on in the released runs (PROTOCOL §1).
       augmentation=augmentation, optimizer=optimizer, activation=activation,
-      initialization=initialization, **FIXED_ARCHITECTURE)
+      initialization=initialization, **arch)
 
 
 def sample_zoo(seed: int, num_models: int, datasets: Sequence[str],

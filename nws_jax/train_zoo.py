@@ -26,7 +26,10 @@ flags.DEFINE_integer('seed', 0, 'Seed of the zoo: configurations, initialisation
 flags.DEFINE_list('datasets', list(datasets_lib.OFFLINE_NAMES),
                   'Datasets to draw from, comma-separated, among: '
                   + ','.join(datasets_lib.ALL_NAMES) + f' ({_DEFAULTS_NOTE}).')
-flags.DEFINE_string('architecture', 'fixed', "Architecture mode: 'fixed' (nws_fixed).")
+flags.DEFINE_enum('architecture', 'fixed', ['fixed', 'random'],
+                  "'fixed': nws_fixed's architecture for every model; 'random': nws_main, the "
+                  'five architecture properties drawn per model too (one training program per '
+                  'architecture and batch size).')
 flags.DEFINE_integer('max_epochs', 8, 'Epoch cap (the study: 1000).')
 flags.DEFINE_integer('min_epochs', 4, 'No early stopping before this epoch (the study: 20).')
 flags.DEFINE_integer('num_train', 3000,

@@ -226,8 +226,9 @@ def _eval_program(arch, batch_size, conv_impl, models_per_chunk):
   eval_one = functools.partial(evaluate_model, arch=arch, batch_size=batch_size,
                                conv_impl=conv_impl)
 
-  def eval_all(states, hypers, data, unsort):
-    """Accuracy [models, 3] of all groups' models, zoo order.
+  def eval_all(states, hypers, data):
+    """Accuracy [models, 3] of the models of these groups (all of architecture `arch`), in the
+    order of their concatenation.
 
     Models are vmapped `models_per_chunk` at a time (lax.map), which bounds the memory of the
     im2col patches ([chunk, batch, 32, 32, k·k·3] float32) whatever the zoo size.
@@ -239,7 +240,7 @@ def _eval_program(arch, batch_size, conv_impl, models_per_chunk):
       return jnp.stack([eval_one(s, h, data, k)
                         for k in range(len(input_pipeline.EVAL_SETS))])
 
-    return jax.lax.map(one, (state, hyper), batch_size=models_per_chunk)[unsort]
+    return jax.lax.map(one, (state, hyper), batch_size=models_per_chunk)
 
   return jax.jit(eval_all)
 
@@ -247,7 +248,8 @@ def _eval_program(arch, batch_size, conv_impl, models_per_chunk):
 @functools.lru_cache(maxsize=None)
 def _flatten_program(arch):
   def flatten_all(states, unsort):
-    """Snapshot vectors [models, n] of all groups' models, zoo order."""
+    """Snapshot vectors [models, n] of these groups' models (all of architecture `arch`), rows
+    permuted by `unsort` (to ascending zoo position)."""
     state = _concat_trees(states)
     return jax.vmap(lambda s: cnn.flatten(s.params, s.stats, arch))(state)[unsort]
 
@@ -315,7 +317,6 @@ class ZooTrainer:
       self.groups.append(Group(arch, batch_size, np.asarray(members), hyper,
                                int(hyper.steps_per_epoch.max())))
     # Positions in the concatenation of the groups -> zoo order.
-    self._unsort = jnp.asarray(np.argsort(np.concatenate([g.members for g in self.groups])))
     self.weight_counts = [cnn.weight_counts(cnn.Architecture(*c.architecture))
                           for c in self.configs]
     self._compile()
@@ -331,16 +332,29 @@ class ZooTrainer:
                                          min(cfg.steps_per_call, g.max_steps), self.conv_impl,
                                          cfg.augment, min(chunk, len(g.members)))
                    for g in self.groups}
-    (arch,) = {g.arch for g in self.groups}  # Mixed architectures come with their own issue.
-    self.arch = arch
-    self._init = _init_program(arch)
-    self._eval_all = _eval_program(arch, cfg.eval_batch_size, self.conv_impl,
-                                   min(cfg.eval_models_per_chunk, self.num_models))
-    self._flatten_all = _flatten_program(arch)
+    # Programs that read every model's parameters (init, evaluation, export) run once per
+    # architecture over all of its groups (batch size does not change parameter shapes).
+    self.archs = sorted({g.arch for g in self.groups}, key=dataclasses.astuple)
+    self._arch_groups = [[i for i, g in enumerate(self.groups) if g.arch == a] for a in self.archs]
+    members = [np.concatenate([self.groups[i].members for i in idx]) for idx in self._arch_groups]
+    # Zoo positions of each architecture's models, ascending: the rows of `export`'s arrays.
+    self.arch_members = [np.sort(m) for m in members]
+    self._arch_concat = members
+    self._arch_unsort = [jnp.asarray(np.argsort(m)) for m in members]
+    self._init = [_init_program(a) for a in self.archs]
+    self._eval_all = [_eval_program(a, cfg.eval_batch_size, self.conv_impl,
+                                    min(cfg.eval_models_per_chunk, len(m)))
+                      for a, m in zip(self.archs, members)]
+    self._flatten_all = [_flatten_program(a) for a in self.archs]
 
   def init_state(self) -> list[ModelState]:
-    """Fresh states of all models, one `ModelState` per group (one compiled program)."""
-    return self._init([g.hyper for g in self.groups])
+    """Fresh states of all models, one `ModelState` per group (one compiled program per
+    architecture)."""
+    state = [None] * len(self.groups)
+    for init, idx in zip(self._init, self._arch_groups):
+      for i, s in zip(idx, init([self.groups[i].hyper for i in idx])):
+        state[i] = s
+    return state
 
   def warm_up(self, state: list[ModelState]) -> float:
     """Compiles every group's training program concurrently (XLA compiles one program per
@@ -387,12 +401,18 @@ class ZooTrainer:
 
   def evaluate(self, state: list[ModelState]) -> np.ndarray:
     """Accuracy [models, 3] on the train subset, validation and test sets (fractions)."""
-    return np.asarray(self._eval_all(state, [g.hyper for g in self.groups], self.data,
-                                     self._unsort))
+    out = np.zeros((self.num_models, 3))
+    for eval_all, idx, members in zip(self._eval_all, self._arch_groups, self._arch_concat):
+      out[members] = np.asarray(eval_all([state[i] for i in idx],
+                                         [self.groups[i].hyper for i in idx], self.data))
+    return out
 
-  def export(self, state: list[ModelState]) -> jax.Array:
-    """Snapshot vectors of all models [models, n] float32, in zoo order."""
-    return self._flatten_all(state, self._unsort)
+  def export(self, state: list[ModelState]) -> tuple[jax.Array, ...]:
+    """Snapshot vectors, one float32 [models of arch a, n_a] array per architecture a of
+    `self.archs`; row j is the model at zoo position `self.arch_members[a][j]`."""
+    return tuple(flatten([state[i] for i in idx], unsort)
+                 for flatten, idx, unsort in zip(self._flatten_all, self._arch_groups,
+                                                 self._arch_unsort))
 
 
 class TrainResult(NamedTuple):
@@ -409,8 +429,8 @@ def train(trainer: ZooTrainer, *, state=None, start_epoch: int = 0, stopping=Non
           progress: bool = False) -> TrainResult:
   """The host loop: epochs until every model stopped, exporting at every epoch boundary.
 
-  on_export(step, weights [models, n]) receives the initialisation (step 0) and every epoch's
-  weights; on_epoch(epoch, TrainResult so far) is called after each epoch (checkpointing).
+  on_export(step, weights) receives the initialisation's (step 0) and every epoch's weights
+  (`ZooTrainer.export`'s arrays, one per architecture); on_epoch(epoch, TrainResult so far) is called after each epoch (checkpointing).
   A run resumes from (state, start_epoch, stopping, curves, losses) of an earlier on_epoch.
   progress: a tqdm bar over epochs showing models finished, the step inside the epoch, the
   mean validation accuracy of the running models and the time left at the epoch cap.

@@ -257,7 +257,7 @@ def build_zoo(config: ZooConfig, workdir: str, *, resume: bool = False, overwrit
                              progress=progress, **kwargs)
   checkpointer.close()
   snaps, numbers = snapshots_lib.gather_snapshots(exports, result.stopping.epochs,
-                                                  config.num_snapshots)
+                                                  trainer.arch_members, config.num_snapshots)
   exports.close()
   table = model_table(trainer, result)
   table['seconds'] = time.time() - t0

@@ -44,8 +44,9 @@ def test_fixed_architecture_has_the_nws_fixed_weight_count():
   assert cnn.weight_counts(cnn.Architecture()) == (16880, 75988)
 
 
-ARCHS = [cnn.Architecture(*a) for a in itertools.product((3, 5, 7), (3, 4, 5), (2, 3, 4), (4, 12),
-                                                          (64, 192))]
+# Every architecture of PROTOCOL §1 (3^5 = 243).
+ARCHS = [cnn.Architecture(*a) for a in itertools.product((3, 5, 7), (3, 4, 5), (2, 3, 4),
+                                                          (4, 8, 12), (64, 128, 192))]
 
 
 @pytest.mark.parametrize('arch', ARCHS, ids=str)
@@ -73,8 +74,9 @@ def test_init_apply_and_flatten_agree_with_the_count(arch):
   assert [s.kernel_shape[0] for s in convs] == [arch.filter_size] * arch.depth_conv
 
 
-def test_flatten_follows_the_release_order_on_a_hand_built_model():
-  arch = cnn.Architecture(3, 3, 2, 4, 64)
+@pytest.mark.parametrize('arch', [cnn.Architecture(3, 3, 2, 4, 64), cnn.Architecture(5, 4, 4, 4, 64),
+                                  cnn.Architecture(7, 5, 3, 4, 128)], ids=str)
+def test_flatten_follows_the_release_order_on_a_hand_built_model(arch):
   params, stats = jax.eval_shape(lambda k: cnn.init(k, arch, jnp.int32(2)), jax.random.PRNGKey(0))
   counter = itertools.count()
 
@@ -107,7 +109,8 @@ def test_flatten_follows_the_release_order_on_a_hand_built_model():
   flat = np.asarray(jax.jit(cnn.flatten, static_argnums=2)(params, stats, arch))
   np.testing.assert_array_equal(flat, np.array(expected, np.float32))
   n_conv, _ = cnn.weight_counts(arch)
-  assert flat[n_conv - 1] == np.asarray(stats['conv_02']['var'])[-1]  # conv part ends there
+  last_conv = f'conv_{arch.depth_conv - 1:02d}'
+  assert flat[n_conv - 1] == np.asarray(stats[last_conv]['var'])[-1]  # conv part ends there
 
 
 def test_unflatten_inverts_flatten():

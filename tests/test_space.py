@@ -50,4 +50,17 @@ def test_row_lists_the_13_properties_in_order():
 
 def test_unknown_architecture_mode_is_rejected():
   with pytest.raises(ValueError, match='architecture'):
-    space.sample_model(0, 0, DATASETS, architecture='random')
+    space.sample_model(0, 0, DATASETS, architecture='tiny')
+
+
+def test_random_mode_draws_every_architecture_option_and_keeps_the_other_draws():
+  random = space.sample_zoo(0, 300, DATASETS, architecture='random')
+  fixed = space.sample_zoo(0, 300, DATASETS)
+  options = dict(filter_size=(3, 5, 7), depth_conv=(3, 4, 5), depth_fc=(2, 3, 4),
+                 width_conv=(4, 8, 12), width_fc=(64, 128, 192))
+  for name, values in options.items():
+    assert {getattr(c, name) for c in random} == set(values), name
+  assert len({c.architecture for c in random}) > 100
+  # The architecture draws come after the others, so both modes agree on everything else.
+  strip = lambda c: {k: v for k, v in c.as_row().items() if k not in options}
+  assert [strip(c) for c in random] == [strip(c) for c in fixed]
