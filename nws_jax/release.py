@@ -16,15 +16,17 @@ we read and write them as float64 like the weights (a deviation only if the rele
 Reading never loads a net whole: `Release.read` takes each slice with one positioned read
 (`os.pread`) from its file, so memory follows the batch, not the dataset. Every file is checked
 when the release is opened (folder, the 20 weight files, each exactly 8·(weightn_conv +
-weightn_fc) bytes) and, with `scan_nans`, read once in full for non-finite values; every slice
-read is checked for them too. A damaged net either fails the open (`on_damaged='fail'`, naming its
-path and what is wrong) or is left out and listed in `Release.damaged` (`'skip'`); a non-finite
-value met later, in a slice, always fails with the net's path.
+weightn_fc) bytes, meta.csv agreeing with the CSV row where present; property values in PROTOCOL
+§1's domains) and, with `scan_nans` (implied by skipping), read once in full for values that are
+non-finite or beyond float32; every slice and vector read is checked for them too. A damaged net
+either fails the open (`on_damaged='fail'`, naming its path and what is wrong) or is left out and
+listed in `Release.damaged` (`'skip'`); a non-finite value met later always fails with the path.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import csv
 import dataclasses
 import os
 from typing import Sequence
@@ -49,10 +51,17 @@ ON_DAMAGED = ('fail', 'skip')
 _BOOL_PROPERTIES = ('batch_norm', 'augmentation')
 _FLOAT_PROPERTIES = ('lrate',)
 _STR_PROPERTIES = ('dataset',)
+# Values PROTOCOL §1 allows for the integer-coded properties.
+_DOMAINS = dict(batch_size=space.BATCH_SIZES, optimizer=range(len(space.OPTIMIZERS)),
+                activation=range(len(space.ACTIVATIONS)),
+                initialization=range(len(space.INITIALIZATIONS)),
+                filter_size=space.FILTER_SIZES, depth_conv=space.DEPTHS_CONV,
+                depth_fc=space.DEPTHS_FC, width_conv=space.WIDTHS_CONV, width_fc=space.WIDTHS_FC)
 _TRUE = {'true', '1', '1.0', 'yes'}
 _FALSE = {'false', '0', '0.0', 'no'}
 # Threads overlap cold reads (disk latency); warm reads are CPU-bound, so no more than the cores.
 _READ_THREADS = min(8, os.cpu_count() or 1)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class ReleaseError(ValueError):
@@ -87,12 +96,19 @@ def _normalise(table: pd.DataFrame, where: str) -> pd.DataFrame:
     elif name in _FLOAT_PROPERTIES:
       out[name] = _numeric(column, name, where).astype(np.float64)
     elif name in _STR_PROPERTIES:
-      out[name] = column.astype(str)
+      out[name] = column.astype(str).str.strip().str.lower()
     else:
       values = _numeric(column, name, where)
       if (values != np.round(values)).any():
         raise ReleaseError(f'{where}: column {name!r} holds non-integer values')
       out[name] = values.astype(np.int64)
+  for name, allowed in _DOMAINS.items():
+    bad = ~out[name].isin(allowed)
+    if bad.any():
+      raise ReleaseError(f'{where}: column {name!r} holds {out[name][bad].iloc[0].item()!r}; '
+                         f'PROTOCOL §1 allows {", ".join(map(str, allowed))}')
+  if (out['lrate'] <= 0).any():
+    raise ReleaseError(f'{where}: column \'lrate\' holds a value that is not positive')
   for name in ('weightn_conv', 'weightn_fc'):
     values = _numeric(out[name], name, where)
     if (values != np.round(values)).any() or (values < 0).any():
@@ -121,6 +137,11 @@ def read_split_csv(path: str) -> pd.DataFrame:
   except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
     raise ReleaseError(f'{path}: not a readable CSV ({str(e).splitlines()[0]})') from e
   table.columns = [str(c).strip() for c in table.columns]
+  with open(path, newline='') as f:
+    header = [c.strip() for c in next(csv.reader(f), [])]
+  repeated = sorted({c for c in header if header.count(c) > 1})
+  if repeated:
+    raise ReleaseError(f'{path}: column {repeated[0]!r} appears more than once')
   missing = [c for c in SPLIT_COLUMNS if c not in table.columns]
   if missing:
     raise ReleaseError(f'{path}: missing columns {", ".join(missing)} (a split CSV needs '
@@ -173,9 +194,15 @@ def check_net(folder: str, n: int, num_snapshots: int = NUM_SNAPSHOTS) -> str | 
   return None
 
 
+def unusable(values: np.ndarray) -> np.ndarray:
+  """bool, per value: non-finite, or beyond float32's range (the meta-classifiers read float32)."""
+  return ~(np.abs(values) <= _FLOAT32_MAX)
+
+
 def nonfinite_counts(folder: str, n: int, num_snapshots: int = NUM_SNAPSHOTS) -> np.ndarray:
-  """int [num_snapshots]: non-finite weights per snapshot, reading one file at a time."""
-  return np.array([int((~np.isfinite(read_vector(folder, s, n))).sum())
+  """int [num_snapshots]: weights per snapshot that are non-finite or beyond float32's range,
+  reading one file at a time."""
+  return np.array([int(unusable(read_vector(folder, s, n)).sum())
                    for s in range(1, num_snapshots + 1)])
 
 
@@ -243,6 +270,10 @@ def write_net(folder: str, vectors: np.ndarray, properties: dict, errors: np.nda
   files.write_atomic(os.path.join(folder, STAT_FILE), lambda f: f.write(stat.tobytes()))
 
 
+_SCAN_HINT = ('rerun with --on_damaged=skip (which reads every file first) to find and leave out '
+              'such nets')
+
+
 # --- a whole release ----------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -305,25 +336,50 @@ class Release:
       j = int(np.flatnonzero(bad)[0])
       raise DamagedNetError(
           f'{weight_file(self._paths[models[j]], snaps[j] + 1)}: non-finite weights in '
-          f'{offsets[j]}..{offsets[j] + length}; rerun with --scan_nans --on_damaged=skip to '
-          'find and leave out such nets before training')
+          f'{offsets[j]}..{offsets[j] + length}; ' + _SCAN_HINT)
     return out
 
   def vectors(self, models: np.ndarray, snaps: np.ndarray) -> list[np.ndarray]:
-    """float32 [n_m] whole vectors of (net, 0-based snapshot) pairs."""
-    return [read_vector(self._paths[m], int(s) + 1, int(self.lengths[m])).astype(np.float32)
-            for m, s in zip(np.asarray(models), np.asarray(snaps))]
+    """float32 [n_m] whole vectors of (net, 0-based snapshot) pairs; a non-finite weight raises
+    DamagedNetError naming the file, as in `read`."""
+    out = []
+    for m, s in zip(np.asarray(models), np.asarray(snaps)):
+      vector = read_vector(self._paths[m], int(s) + 1, int(self.lengths[m]))
+      if unusable(vector).any():
+        raise DamagedNetError(f'{weight_file(self._paths[m], int(s) + 1)}: non-finite weights; '
+                              + _SCAN_HINT)
+      out.append(vector.astype(np.float32))
+    return out
+
+
+def _meta_mismatch(folder: str, row: pd.Series) -> str | None:
+  """Where the net's meta.csv (when present) disagrees with its split-CSV row, or None."""
+  if not os.path.exists(os.path.join(folder, META_FILE)):
+    return None
+  try:
+    meta = read_properties(folder)
+  except ReleaseError as e:
+    return str(e)
+  for name in space.PROPERTY_NAMES:
+    a, b = meta[name], row[name]
+    same = np.isclose(a, b, rtol=1e-9, atol=0) if name in _FLOAT_PROPERTIES else a == b
+    if not same:
+      return f'meta.csv says {name}={a!r}, the split CSV {b!r}'
+  return None
 
 
 def open_release(csv_paths: Sequence[str], *, on_damaged: str = 'fail', scan_nans: bool = False,
                  progress: bool = False) -> Release:
   """Reads the split CSVs and checks every listed net (see the module docstring).
 
+  A net's meta.csv, when present, must agree with its row. on_damaged='skip' implies scan_nans:
+  leaving out damaged nets needs them found before the run, not in the middle of it.
   Raises ReleaseError for a bad CSV, DamagedNetError for a damaged net with on_damaged='fail'
   (or when no net is left), both with one line naming the file.
   """
   if on_damaged not in ON_DAMAGED:
     raise ReleaseError(f'unknown on_damaged {on_damaged!r}; choose from: ' + ', '.join(ON_DAMAGED))
+  scan_nans = scan_nans or on_damaged == 'skip'
   table = read_split_csvs(csv_paths)
   lengths = (table['weightn_conv'] + table['weightn_fc']).to_numpy(np.int64)
   rows = range(len(table))
@@ -334,7 +390,7 @@ def open_release(csv_paths: Sequence[str], *, on_damaged: str = 'fail', scan_nan
   damaged = []
   for i in rows:
     folder, n = table['path'].iloc[i], int(lengths[i])
-    reason = check_net(folder, n)
+    reason = check_net(folder, n) or _meta_mismatch(folder, table.iloc[i])
     if reason is None and scan_nans:
       counts = nonfinite_counts(folder, n)
       if counts.any():

@@ -35,8 +35,9 @@ flags.DEFINE_list('nws_csv', [], 'Split CSVs of the NWS release format to read d
 flags.DEFINE_list('nws_test_csv', [], 'Split CSVs whose nets are the meta-test side (the '
                   'release\'s test split); without them the run splits all nets itself.')
 flags.DEFINE_enum('on_damaged', 'fail', ['fail', 'skip'], 'A damaged release net (missing or '
-                  'wrong-size file, non-finite weights found by --scan_nans) fails the run, or is '
-                  'left out and listed in damaged_nets.csv.')
+                  'wrong-size file, meta.csv at odds with its CSV row, non-finite weights) fails '
+                  'the run, or is left out and listed in damaged_nets.csv; skip reads every '
+                  'weight file once first (as --scan_nans), so nothing is found mid-run.')
 flags.DEFINE_bool('scan_nans', False, 'Read every release weight file once before training to '
                   'find non-finite values (slower; without it they are caught in the slices read, '
                   'which fails the run).')
@@ -115,9 +116,6 @@ def main(argv):
         source = source_lib.from_release(FLAGS.nws_csv, FLAGS.nws_test_csv,
                                          on_damaged=FLAGS.on_damaged, scan_nans=FLAGS.scan_nans,
                                          progress=FLAGS.progress)
-        if len(source.reader.damaged):
-          print(f'left out {len(source.reader.damaged)} damaged nets (listed in '
-                f'{pipeline.DAMAGED_FILE})')
       else:
         source = FLAGS.zoo
       results = pipeline.train_and_evaluate(config, source, FLAGS.workdir, options=options,
@@ -125,6 +123,9 @@ def main(argv):
   except (ValueError, OSError, zoo_lib.ZooError, store.MetaWorkdirError) as e:
     _fail(str(e))
   print(pipeline.summary(results))
+  if FLAGS.nws_csv and len(source.reader.damaged):
+    print(f'left out {len(source.reader.damaged)} damaged nets (listed in '
+          f'{pipeline.DAMAGED_FILE})')
   print(f'results in {FLAGS.workdir}: accuracy.csv, ensemble.csv, position.csv, snapshot.csv, '
         'part.csv' + (', baseline.csv' if results.baseline is not None else '') + ' and PNGs')
 

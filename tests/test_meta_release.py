@@ -227,3 +227,92 @@ def test_memory_stays_bounded_by_the_batch_not_the_dataset(tmp_path):
                    *TINY_FLAGS, '--slice_length=200', address_space_limit=limit)
   assert result.returncode == 0, result.stderr[-2000:]
   assert (tmp_path / 'meta' / 'accuracy.csv').exists()
+
+
+def _release_copy(zoo, tmp_path):
+  write_release(zoo.table, zoo.snapshots, str(tmp_path), {'all.csv': range(zoo.num_models)})
+  return tmp_path / 'all.csv'
+
+
+def test_whole_vectors_are_checked_for_non_finite_weights(zoo, tmp_path):
+  csv = _release_copy(zoo, tmp_path)
+  path = tmp_path / 'nets' / 'net002' / 'weights' / '012.bin'
+  vector = np.fromfile(path, '<f8')
+  vector[7] = 1e39  # finite in float64, inf in float32
+  vector.tofile(path)
+  src = source_lib.from_release([str(csv)])
+  with pytest.raises(release.DamagedNetError, match='net002/weights/012.bin'):
+    src.reader.vectors([2], [11])
+  skipped = source_lib.from_release([str(csv)], on_damaged='skip')  # skip reads every file
+  assert list(skipped.reader.damaged['path']) == [str(tmp_path / 'nets' / 'net002')]
+
+
+def test_meta_csv_at_odds_with_the_split_csv_is_a_damaged_net(zoo, tmp_path):
+  csv = _release_copy(zoo, tmp_path)
+  table = pd.read_csv(csv)
+  table.loc[5, 'optimizer'] = (table.loc[5, 'optimizer'] + 1) % 3  # the CSV relabels net005
+  table.to_csv(csv, index=False)
+  with pytest.raises(release.DamagedNetError, match=r'net005.*meta.csv says optimizer'):
+    source_lib.from_release([str(csv)])
+
+
+@pytest.mark.parametrize('column,value,message', [
+    ('optimizer', 7, "'optimizer' holds 7"),
+    ('width_fc', 100, "'width_fc' holds 100"),
+    ('lrate', -0.001, 'not positive'),
+])
+def test_property_values_outside_the_protocol_are_refused(zoo, tmp_path, column, value, message):
+  csv = _release_copy(zoo, tmp_path)
+  table = pd.read_csv(csv)
+  table.loc[3, column] = value
+  table.to_csv(csv, index=False)
+  with pytest.raises(release.ReleaseError, match=message):
+    release.read_split_csv(str(csv))
+
+
+def test_dataset_names_are_normalised_and_repeated_columns_refused(zoo, tmp_path):
+  csv = _release_copy(zoo, tmp_path)
+  table = pd.read_csv(csv)
+  table['dataset'] = [f' {d.upper()} ' for d in table['dataset']]
+  table.to_csv(csv, index=False)
+  read = release.read_split_csv(str(csv))
+  assert set(read['dataset']) == set(zoo.table['dataset'])
+  text = csv.read_text().splitlines()
+  csv.write_text('\n'.join([text[0] + ',optimizer'] + [l + ',0' for l in text[1:]]) + '\n')
+  with pytest.raises(release.ReleaseError, match="'optimizer' appears more than once"):
+    release.read_split_csv(str(csv))
+
+
+def test_evaluate_only_refuses_relabelled_nets_at_the_same_paths(zoo, tmp_path):
+  csv = _release_copy(zoo, tmp_path)
+  src = source_lib.from_release([str(csv)])
+  for i in range(zoo.num_models):  # relabel every net consistently: CSV and meta.csv agree
+    (tmp_path / 'nets' / f'net{i:03d}' / 'meta.csv').unlink()
+  table = pd.read_csv(csv)
+  table['augmentation'] = ~table['augmentation']
+  table.to_csv(csv, index=False)
+  with pytest.raises(release.ReleaseError, match='not those the run read'):
+    source_lib.open_source(src.description)
+
+
+def test_a_class_unseen_in_training_is_a_one_line_error(zoo):
+  targets = targets_lib.make_targets(zoo.table.iloc[:6], ['optimizer'], np.arange(6))
+  table = zoo.table.copy()
+  table.loc[0, 'optimizer'] = 9
+  with pytest.raises(targets_lib.PropertyError, match='optimizer=9 is not one of the classes'):
+    targets_lib.encode(table, targets)
+
+
+def test_a_run_that_fails_mid_training_leaves_no_workdir(zoo, tmp_path):
+  csv = _release_copy(zoo, tmp_path)
+  path = tmp_path / 'nets' / 'net001' / 'weights' / '014.bin'
+  np.full(zoo.snapshots.lengths[1], np.nan).tofile(path)
+  result = run_cli(f'--nws_csv={csv}', f'--workdir={tmp_path}/meta', *TINY_FLAGS)
+  assert 'net001/weights/014.bin' in _error(result)
+  assert not (tmp_path / 'meta').exists()
+
+
+def test_parts_too_long_for_uniform_float32_offsets_are_refused():
+  from nws_jax.meta import slices as slices_lib
+  with pytest.raises(slices_lib.SliceError, match='longer than the 16777216'):
+    slices_lib.check_spec(slices_lib.SliceSpec(100), np.array([2 ** 24]), np.array([5]), 20)

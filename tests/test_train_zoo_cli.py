@@ -52,7 +52,7 @@ def test_unprepared_tfds_dataset_exits_2_naming_it(tmp_path):
 
 
 @pytest.mark.parametrize('flag,message', [
-    ('--architecture=random', 'unknown architecture'),
+    ('--architecture=tiny', 'architecture'),
     ('--num_models=0', 'num_models'),
     ('--min_epochs=50', 'min_epochs'),
 ])

@@ -251,14 +251,11 @@ def run_baseline(table: pd.DataFrame, snapshots, split: split_lib.ModelSplit,
     'mae' for lrate, in its own units); value; chance (`targets.chance`); n_test_models.
   """
   reader = source_lib.as_reader(snapshots)
-  if len(reader.lengths) != len(table):
-    raise ValueError(f'snapshots of {len(reader.lengths)} models for a table of {len(table)}')
+  source_lib.check_lengths(table, reader)
   if slices_per_snapshot < 1:
     raise ValueError(f'slices_per_snapshot must be at least 1, got {slices_per_snapshot}')
   weightn_conv, weightn_fc = table['weightn_conv'].to_numpy(), table['weightn_fc'].to_numpy()
   slices_lib.check_spec(spec, weightn_conv, weightn_fc, reader.num_snapshots)
-  if ((weightn_conv + weightn_fc) != reader.lengths).any():
-    raise ValueError('snapshot vector lengths differ from weightn_conv + weightn_fc of the table')
   train_models = np.sort(np.concatenate([split.train, split.valid])).astype(np.int64)
   test_models = np.asarray(split.test, np.int64)
   labels, values = targets_lib.encode(table, targets)

@@ -58,6 +58,7 @@ def make_context(run: train_lib.MetaRun, table: pd.DataFrame, snapshots) -> Eval
   """snapshots: `Snapshots` or [models, S, n] (put on the device), or a `Release` (read from
   disk)."""
   reader = source_lib.as_reader(snapshots)
+  source_lib.check_lengths(table, reader)
   labels, _ = targets_lib.encode(table, run.targets)
   true = labels.astype(np.float64)
   for p, t in enumerate(run.targets):

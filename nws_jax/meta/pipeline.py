@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -98,11 +99,15 @@ def train_and_evaluate(config: train_lib.MetaConfig, source: source_lib.WeightSo
   options.validate()
   split, targets = plan(config, source)
   store.prepare_workdir(workdir, overwrite=overwrite)
-  damaged = getattr(source.reader, 'damaged', None)
-  if damaged is not None and len(damaged):
-    zoo_lib.write_csv_atomic(damaged, os.path.join(workdir, DAMAGED_FILE))
-  run = train_lib.fit(config, source.table, source.reader, split, targets, progress=progress)
-  store.save_run(workdir, run, source.description)
+  try:
+    damaged = getattr(source.reader, 'damaged', None)
+    if damaged is not None and len(damaged):
+      zoo_lib.write_csv_atomic(damaged, os.path.join(workdir, DAMAGED_FILE))
+    run = train_lib.fit(config, source.table, source.reader, split, targets, progress=progress)
+    store.save_run(workdir, run, source.description)
+  except BaseException:
+    shutil.rmtree(workdir, ignore_errors=True)  # it was empty (or --overwrite emptied it)
+    raise
   return evaluate_run(run, source, workdir, options)
 
 
@@ -115,8 +120,7 @@ def evaluate_workdir(workdir: str, *, options: dict | None = None,
                                 **(options or {}))
   options.validate()
   _, saved_source = store.read_config(workdir)
-  source = (source_lib.from_zoo(zoo_dir) if zoo_dir
-            else source_lib.open_source(saved_source))
+  source = source_lib.open_source(saved_source, zoo_dir)
   return evaluate_run(run, source, workdir, options)
 
 

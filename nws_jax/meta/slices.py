@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 PARTS = ('all', 'conv', 'dense')
+# random_offsets scales a float32 uniform draw: exact and uniform for spans up to 2^24 weights.
+MAX_PART = 2 ** 24
 
 
 class SliceError(ValueError):
@@ -70,6 +72,9 @@ def check_spec(spec: SliceSpec, weightn_conv: np.ndarray, weightn_fc: np.ndarray
   if spec.length < 1:
     raise SliceError(f'slice_length must be at least 1, got {spec.length}')
   lo, hi = part_bounds(weightn_conv, weightn_fc, spec.part)
+  if int((hi - lo).max()) > MAX_PART:
+    raise SliceError(f'a part of {int((hi - lo).max())} weights is longer than the {MAX_PART} '
+                     'whose slice starts float32 draws can spread uniformly')
   shortest = int((hi - lo).min())
   if spec.length > shortest:
     where = 'vector' if spec.part == 'all' else f'{spec.part} part'

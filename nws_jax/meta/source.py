@@ -26,6 +26,7 @@ import pandas as pd
 
 from nws_jax import release as release_lib
 from nws_jax import snapshots as snapshots_lib
+from nws_jax import space
 from nws_jax import zoo as zoo_lib
 
 _INT32_LIMIT = 2 ** 31 - 1
@@ -84,6 +85,16 @@ def as_reader(snapshots):
   return snapshots_lib.Snapshots.from_array(np.asarray(snapshots))
 
 
+def check_lengths(table: pd.DataFrame, reader) -> None:
+  """Raises ValueError unless the reader holds a vector of weightn_conv + weightn_fc weights for
+  every row of `table` (a mismatch would read a neighbour's weights on the device)."""
+  expected = (table['weightn_conv'] + table['weightn_fc']).to_numpy(np.int64)
+  lengths = np.asarray(reader.lengths, np.int64)
+  if lengths.shape != expected.shape or (lengths != expected).any():
+    raise ValueError(f'snapshots of {len(lengths)} nets do not match the table\'s {len(expected)} '
+                     'rows of weightn_conv + weightn_fc')
+
+
 def placed(reader):
   """Where slices of `reader` are gathered: a zoo's `Snapshots` go to the device (DeviceLayout),
   anything else (a `Release`) is read on the host."""
@@ -117,7 +128,8 @@ class WeightSource:
 
 def from_zoo(zoo_dir: str) -> WeightSource:
   zoo = zoo_lib.load_zoo(zoo_dir)
-  return WeightSource(zoo.table, zoo.snapshots, {'kind': 'zoo', 'zoo': _abs(zoo_dir)})
+  return WeightSource(zoo.table, zoo.snapshots,
+                      {'kind': 'zoo', 'zoo': _abs(zoo_dir), 'nets': fingerprint(zoo.table)})
 
 
 def from_release(train_csvs: Sequence[str], test_csvs: Sequence[str] = (), *,
@@ -135,27 +147,34 @@ def from_release(train_csvs: Sequence[str], test_csvs: Sequence[str] = (), *,
       raise release_lib.ReleaseError('the train and test CSVs must both list usable nets')
   description = {'kind': 'release', 'train_csvs': train_csvs, 'test_csvs': test_csvs,
                  'on_damaged': on_damaged, 'scan_nans': scan_nans,
-                 'nets': _fingerprint(release.table['path'])}
+                 'nets': fingerprint(release.table)}
   return WeightSource(release.table, release, description, test_models)
 
 
-def _fingerprint(paths: pd.Series) -> str:
-  """How many nets, and a digest of their paths in order: a run's model indices are rows."""
-  digest = hashlib.sha1('\n'.join(paths).encode()).hexdigest()[:16]
-  return f'{len(paths)} nets, paths sha1 {digest}'
+def fingerprint(table: pd.DataFrame) -> str:
+  """How many nets, and a digest of what a run relies on per row (properties, weight counts,
+  and the net's path for a release): a run's split names nets by row."""
+  columns = [c for c in (*space.PROPERTY_NAMES, 'weightn_conv', 'weightn_fc', 'path')
+             if c in table]
+  digest = hashlib.sha1(table[columns].to_csv(index=False).encode()).hexdigest()[:16]
+  return f'{len(table)} nets, sha1 {digest}'
 
 
-def open_source(description: dict) -> WeightSource:
-  """Reopens a source from its `description` (as saved with a run). Raises ReleaseError when a
-  release's usable nets are no longer those the run read (the run's rows would name others)."""
-  if description.get('kind') != 'release':
-    return from_zoo(description['zoo'])
-  source = from_release(description['train_csvs'], description['test_csvs'],
-                        on_damaged=description['on_damaged'], scan_nans=description['scan_nans'])
-  if source.description['nets'] != description['nets']:
+def open_source(description: dict, zoo_dir: str | None = None) -> WeightSource:
+  """Reopens the nets a run read, from its saved `description` (or the zoo at `zoo_dir`, e.g.
+  moved). Raises ReleaseError when they are no longer the nets the run read: its split would name
+  other nets."""
+  if zoo_dir or description.get('kind') != 'release':
+    source = from_zoo(zoo_dir or description['zoo'])
+  else:
+    source = from_release(description['train_csvs'], description['test_csvs'],
+                          on_damaged=description['on_damaged'],
+                          scan_nans=description['scan_nans'])
+  saved = description.get('nets')
+  if saved is not None and source.description['nets'] != saved:
     raise release_lib.ReleaseError(
-        f'the release now has {source.description["nets"]}, but the run read '
-        f'{description["nets"]}: its split would name other nets')
+        f'these nets ({source.description["nets"]}) are not those the run read ({saved}): '
+        'its split would name other nets')
   return source
 
 

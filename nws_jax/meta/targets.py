@@ -102,6 +102,10 @@ def encode(table: pd.DataFrame, targets: Sequence[PropertyTarget]) -> tuple[np.n
       values[p] = (column.astype(np.float64) - t.mean) / t.std
     else:
       lookup = {c: i for i, c in enumerate(t.classes)}
+      unknown = [v for v in column if _plain(v) not in lookup]
+      if unknown:
+        raise PropertyError(f'{t.name}={_plain(unknown[0])!r} is not one of the classes the '
+                            f'meta-classifier knows ({", ".join(map(str, t.classes))})')
       labels[p] = [lookup[_plain(v)] for v in column]
   return labels, values
 

@@ -150,6 +150,7 @@ def prepare(config: MetaConfig, table: pd.DataFrame, snapshots, split: split_lib
   """Puts the targets and training pairs on the device, and the snapshots too when they are a
   zoo's (`Snapshots`, or a uniform [models, S, n] array); a `Release` stays on disk."""
   reader = source_lib.as_reader(snapshots)
+  source_lib.check_lengths(table, reader)
   where = source_lib.placed(reader)
   lo, hi = slices_lib.part_bounds(table['weightn_conv'], table['weightn_fc'], config.part)
   labels, values = targets_lib.encode(table, targets)
