@@ -26,6 +26,7 @@ SMALL = train.MetaConfig(slice_length=40, conv_widths=(4, 8), dense_widths=(16,)
 TINY_FLAGS = ['--slice_length=40', '--conv_widths=4,8', '--dense_widths=16', '--epochs=2',
               '--batch_size=32', '--positions=5', '--ensemble_slices=3', '--snapshot_slices=2',
               '--progress=false', '--properties=optimizer,initialization']
+NO_BASELINE = [*TINY_FLAGS, '--baseline=false']  # where the baseline is not what is tested
 
 
 def write_release(table, snapshots, folder, csv_rows):
@@ -135,7 +136,7 @@ LIMITED = ('import os, resource, sys; limit = int(sys.argv[1]); '
 def test_cli_trains_and_reevaluates_on_the_release(release_dir, tmp_path):
   workdir = tmp_path / 'meta'
   csvs = [f'--nws_csv={release_dir}/train.csv', f'--nws_test_csv={release_dir}/test.csv']
-  result = run_cli(*csvs, f'--workdir={workdir}', *TINY_FLAGS)
+  result = run_cli(*csvs, f'--workdir={workdir}', *NO_BASELINE)
   assert result.returncode == 0, result.stderr
   accuracy = pd.read_csv(workdir / 'accuracy.csv')
   assert set(accuracy['property']) == {'optimizer', 'initialization'}
@@ -174,12 +175,12 @@ def test_cli_damaged_net_fails_or_is_skipped_as_asked(zoo, tmp_path):
   bad = tmp_path / 'nets' / 'net007' / 'weights' / '013.bin'
   with open(bad, 'r+b') as f:
     f.truncate(100)
-  result = run_cli(f'--nws_csv={tmp_path}/all.csv', f'--workdir={tmp_path}/meta', *TINY_FLAGS)
+  result = run_cli(f'--nws_csv={tmp_path}/all.csv', f'--workdir={tmp_path}/meta', *NO_BASELINE)
   line = _error(result)
   assert 'net007' in line and '013.bin' in line
   assert not (tmp_path / 'meta').exists()
   result = run_cli(f'--nws_csv={tmp_path}/all.csv', f'--workdir={tmp_path}/meta',
-                   '--on_damaged=skip', *TINY_FLAGS)
+                   '--on_damaged=skip', *NO_BASELINE)
   assert result.returncode == 0, result.stderr
   damaged = pd.read_csv(tmp_path / 'meta' / 'damaged_nets.csv')
   assert list(damaged['path']) == [str(tmp_path / 'nets' / 'net007')]
@@ -307,7 +308,7 @@ def test_a_run_that_fails_mid_training_leaves_no_workdir(zoo, tmp_path):
   csv = _release_copy(zoo, tmp_path)
   path = tmp_path / 'nets' / 'net001' / 'weights' / '014.bin'
   np.full(zoo.snapshots.lengths[1], np.nan).tofile(path)
-  result = run_cli(f'--nws_csv={csv}', f'--workdir={tmp_path}/meta', *TINY_FLAGS)
+  result = run_cli(f'--nws_csv={csv}', f'--workdir={tmp_path}/meta', *NO_BASELINE)
   assert 'net001/weights/014.bin' in _error(result)
   assert not (tmp_path / 'meta').exists()
 
