@@ -80,7 +80,8 @@ def weight_file(folder: str, number: int) -> str:
 # --- split CSVs -------------------------------------------------------------------------------
 
 def _normalise(table: pd.DataFrame, where: str) -> pd.DataFrame:
-  """The 13 properties in PROTOCOL encodings: booleans, ints, lrate float, dataset str."""
+  """The 13 properties in PROTOCOL encodings (booleans, ints, lrate float, dataset str) and
+  checked against PROTOCOL §1's domains."""
   out = table.copy()
   for name in space.PROPERTY_NAMES:
     column = out[name]
@@ -109,6 +110,12 @@ def _normalise(table: pd.DataFrame, where: str) -> pd.DataFrame:
                          f'PROTOCOL §1 allows {", ".join(map(str, allowed))}')
   if (out['lrate'] <= 0).any():
     raise ReleaseError(f'{where}: column \'lrate\' holds a value that is not positive')
+  return out
+
+
+def _weight_counts(table: pd.DataFrame, where: str) -> pd.DataFrame:
+  """weightn_conv and weightn_fc as non-negative int64, at least one weight per net."""
+  out = table.copy()
   for name in ('weightn_conv', 'weightn_fc'):
     values = _numeric(out[name], name, where)
     if (values != np.round(values)).any() or (values < 0).any():
@@ -148,7 +155,7 @@ def read_split_csv(path: str) -> pd.DataFrame:
                        f'{", ".join(SPLIT_COLUMNS)})')
   if table.empty:
     raise ReleaseError(f'{path}: no nets listed')
-  table = _normalise(table, path)
+  table = _weight_counts(_normalise(table, path), path)
   base = os.path.dirname(os.path.abspath(path))
   table['path'] = [os.path.normpath(p if os.path.isabs(p) else os.path.join(base, p))
                    for p in table['path'].astype(str)]
@@ -226,8 +233,6 @@ def read_properties(folder: str) -> dict:
   if missing or len(table) != 1:
     raise DamagedNetError(f'{path}: expected one row of the 13 properties'
                           + (f', missing {", ".join(missing)}' if missing else ''))
-  for name in ('weightn_conv', 'weightn_fc'):
-    table[name] = 1
   return _normalise(table, path)[list(space.PROPERTY_NAMES)].iloc[0].to_dict()
 
 
@@ -315,8 +320,9 @@ class Release:
     if self._pool is None and _READ_THREADS > 1:
       self._pool = concurrent.futures.ThreadPoolExecutor(_READ_THREADS)
     models, snaps, offsets = (np.asarray(a).reshape(-1) for a in (models, snaps, offsets))
-    if len(models) and ((offsets < 0) | (offsets + length > self.lengths[models])).any():
-      j = int(np.flatnonzero((offsets < 0) | (offsets + length > self.lengths[models]))[0])
+    outside = np.flatnonzero((offsets < 0) | (offsets + length > self.lengths[models]))
+    if len(outside):
+      j = int(outside[0])
       raise ValueError(f'slice {offsets[j]}..{offsets[j] + length} lies outside the '
                        f'{self.lengths[models[j]]} weights of {self._paths[models[j]]}')
     out = np.empty((len(models), length), np.float32)

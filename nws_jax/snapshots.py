@@ -22,7 +22,6 @@ import os
 import shutil
 from typing import Sequence
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -127,12 +126,14 @@ class Snapshots:
     if self.flat.ndim != 1 or self.flat.size != expected:
       raise ValueError(f'flat snapshots of {self.flat.size} weights, expected {expected} '
                        f'({len(self.lengths)} models × {self.num_snapshots} snapshots)')
+    # Computed once: indexing a model, reading slices and `vectors` all need it.
+    sizes = self.lengths * self.num_snapshots
+    self._starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
 
   @property
   def starts(self) -> np.ndarray:
     """int64 [models]: where each model's [num_snapshots, n_i] block starts in `flat`."""
-    sizes = self.lengths * self.num_snapshots
-    return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    return self._starts
 
   def __len__(self) -> int:
     return len(self.lengths)

@@ -13,3 +13,18 @@ def file_state(directory):
       with open(path, 'rb') as f:
         state[os.path.relpath(path, directory)] = (f.read(), os.stat(path).st_mtime_ns)
   return state
+
+
+def occupied_folder(path, name='keep.txt', text='mine'):
+  """Creates folder `path` holding one file; returns its file_state, to check it is left alone."""
+  path.mkdir()
+  (path / name).write_text(text)
+  return file_state(path)
+
+
+def positive(row, *fields):
+  """Asserts each field of a benchmark row is a finite positive number."""
+  import math
+  for field in fields:
+    value = row[field]
+    assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (field, row)

@@ -10,6 +10,8 @@ from nws_jax.bench import common
 from nws_jax.bench import io as io_bench
 from nws_jax.bench import meta as meta_bench
 
+from helpers import positive
+
 MACHINE = ('device', 'backend', 'num_devices', 'jax', 'date')
 
 
@@ -18,11 +20,6 @@ def tiny(**kwargs):
                  meta_conv_widths=(4, 8), meta_dense_widths=(16,), batch_size=8)
   return common.BenchConfig(**{**options, **kwargs})
 
-
-def positive(row, *fields):
-  for field in fields:
-    value = row[field]
-    assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (field, row)
 
 
 def files_under(path):

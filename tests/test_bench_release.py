@@ -3,7 +3,6 @@ assertions), and a reader under RLIMIT_AS reading slices of a sparse release lar
 limit: memory follows the batch, not the dataset."""
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import pytest
 from nws_jax import release as release_lib
 from nws_jax.bench import common
 from nws_jax.bench import release as release_bench
+
+from helpers import positive
 
 MACHINE = ('device', 'backend', 'num_devices', 'jax', 'date')
 LIMIT = 3 * 2**30
@@ -24,11 +25,6 @@ def tiny(**kwargs):
                  release_rss_weights=25_000_000, release_rss_batches=5)
   return common.BenchConfig(**{**options, **kwargs})
 
-
-def positive(row, *fields):
-  for field in fields:
-    value = row[field]
-    assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (field, row)
 
 
 def test_release_rows(tmp_path):

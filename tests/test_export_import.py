@@ -16,7 +16,7 @@ from nws_jax import release_convert
 from nws_jax import space
 from nws_jax import zoo as zoo_lib
 
-from helpers import file_state
+from helpers import file_state, occupied_folder
 
 NUM_MODELS = 40  # the synthetic zoo (conftest.write_synthetic_zoo)
 
@@ -174,9 +174,7 @@ def test_zoo_without_steps_per_epoch_is_refused(synthetic_zoo_dir, tmp_path):
 
 def test_export_refuses_a_non_empty_out_and_leaves_it(synthetic_zoo_dir, tmp_path):
   out = tmp_path / 'out'
-  out.mkdir()
-  (out / 'keep.txt').write_text('mine')
-  before = file_state(out)
+  before = occupied_folder(out)
   with pytest.raises(FileExistsError, match='not empty'):
     release_convert.export_zoo(synthetic_zoo_dir, str(out))
   assert file_state(out) == before and sorted(os.listdir(tmp_path)) == ['out']
@@ -210,9 +208,7 @@ def test_export_crash_leaves_out_untouched(synthetic_zoo_dir, tmp_path, monkeypa
   real = release.write_net
   monkeypatch.setattr(release, 'write_net', crash_on_fifth)
   out = tmp_path / 'out'
-  out.mkdir()
-  (out / 'old.txt').write_text('old release')
-  before = file_state(out)
+  before = occupied_folder(out, 'old.txt', 'old release')
   with pytest.raises(OSError, match='disk full'):
     release_convert.export_zoo(synthetic_zoo_dir, str(out), overwrite=True)
   assert file_state(out) == before and sorted(os.listdir(tmp_path)) == ['out']

@@ -15,7 +15,7 @@ from nws_jax import release
 from nws_jax import release_convert
 from nws_jax import zoo as zoo_lib
 
-from helpers import file_state
+from helpers import file_state, occupied_folder
 
 PROPERTY_NAMES = ['dataset', 'lrate', 'batch_size', 'batch_norm', 'augmentation', 'optimizer',
                   'activation', 'initialization', 'filter_size', 'depth_conv', 'depth_fc',
@@ -340,9 +340,7 @@ def test_import_fails_on_a_net_damaged_inside_and_writes_nothing(hand, tmp_path,
 
 def test_import_refuses_a_non_empty_out_and_leaves_it(hand, tmp_path):
   out = tmp_path / 'zoo'
-  out.mkdir()
-  (out / 'keep.txt').write_text('mine')
-  before = file_state(out)
+  before = occupied_folder(out)
   with pytest.raises(FileExistsError, match='not empty'):
     release_convert.import_release(csvs(hand), str(out))
   assert file_state(out) == before
@@ -350,10 +348,8 @@ def test_import_refuses_a_non_empty_out_and_leaves_it(hand, tmp_path):
 
 def test_import_overwrite_replaces_only_once_complete(hand, tmp_path):
   out = tmp_path / 'zoo'
-  out.mkdir()
-  (out / 'keep.txt').write_text('mine')
+  before = occupied_folder(out)
   _nan_in_snapshot(hand['folder']['d'])  # the last net: found after chunks were written
-  before = file_state(out)
   with pytest.raises(release.DamagedNetError):
     release_convert.import_release(csvs(hand), str(out), overwrite=True, chunk_mb=0.0005)
   assert file_state(out) == before
@@ -401,9 +397,7 @@ def test_cli_missing_flag_exits_2(hand, tmp_path):
 
 def test_cli_refuses_a_non_empty_out_then_imports_with_skip(hand, tmp_path):
   out = tmp_path / 'zoo'
-  out.mkdir()
-  (out / 'keep.txt').write_text('mine')
-  before = file_state(out)
+  before = occupied_folder(out)
   assert_refused(run_cli(f'--csv={hand["train"]},{hand["test"]}', f'--out={out}'), 'not empty')
   assert file_state(out) == before
   _remove_snapshot(hand['folder']['a'])

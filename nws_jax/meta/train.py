@@ -318,12 +318,13 @@ def train_step(state: dict, batch: jax.Array, i: jax.Array, models, positions, l
 
 
 def train_epoch_from_host(state: dict, epoch: int, seed_key: jax.Array, member_keys: jax.Array,
-                          data: MetaData, *, spec: model_lib.ModelSpec, learning_rate: float,
+                          data: MetaData, train_models: jax.Array, train_snaps: jax.Array, *,
+                          spec: model_lib.ModelSpec, learning_rate: float,
                           batch_size: int) -> tuple[dict, jax.Array]:
   """`train_epoch` for slices read on the host by `data.reader` (a Release): the device plans
   the epoch, the host reads each step's slices while the device runs the step before (dispatch
-  is asynchronous), and one jitted step trains on them."""
-  train_models, train_snaps = (jnp.asarray(a) for a in data.train_pairs)
+  is asynchronous), and one jitted step trains on them. train_models, train_snaps: the
+  meta-training pairs on the device, int32 [K] each."""
   plan, weights, dropout_keys = epoch_plan(
       jnp.int32(epoch), seed_key, member_keys, data.labels, data.is_regression, data.lo, data.hi,
       train_models, train_snaps, batch_size=batch_size, length=spec.slice_length,
@@ -451,7 +452,7 @@ def fit(config: MetaConfig, table: pd.DataFrame, snapshots,
           batch_size=config.batch_size)
     else:
       state, losses = train_epoch_from_host(
-          state, epoch, seed_key, member_keys, data, spec=spec,
+          state, epoch, seed_key, member_keys, data, train_models, train_snaps, spec=spec,
           learning_rate=config.learning_rate, batch_size=config.batch_size)
     if len(valid_models):
       out = outputs_at(state['params'], state['batch_stats'], spec, data.snapshots, valid_models,
