@@ -115,21 +115,26 @@ def _std_normal(u: jax.Array) -> jax.Array:
   return math.sqrt(2.0) * jax.scipy.special.erfinv(2.0 * u - 1.0)
 
 
-def init_kernel(u: jax.Array, shape: tuple[int, ...], initialization: jax.Array) -> jax.Array:
-  """A kernel drawn by scheme `initialization` (traced int, PROTOCOL §1 property 7).
-
-  u: uniform draws in (0, 1) of the kernel's shape, transformed by inverse CDFs, so that one
-  random draw serves all schemes (random draws dominate the compile time of a vmapped init).
-  0: constant 0.1; 1: normal(0, 1); 2: Glorot uniform; 3: Glorot normal (a normal truncated at
-  2 std, rescaled so that its std is sqrt(2 / (fan_in + fan_out)), as TensorFlow 1 draws it).
-  Fans count the receptive field, as TensorFlow does.
-  """
+def init_constants(shape: tuple[int, ...]) -> tuple[float, float]:
+  """(Glorot uniform limit, truncated-normal std) of a kernel of `shape`, fans counting the
+  receptive field as TensorFlow does."""
   fan_in, fan_out = _fans(shape)
-  limit = math.sqrt(6.0 / (fan_in + fan_out))
-  trunc_std = math.sqrt(2.0 / (fan_in + fan_out)) / 0.87962566103423978
+  return (math.sqrt(6.0 / (fan_in + fan_out)),
+          math.sqrt(2.0 / (fan_in + fan_out)) / 0.87962566103423978)
+
+
+def kernel_values(u: jax.Array, limit, trunc_std, initialization: jax.Array) -> jax.Array:
+  """Kernel weights from uniform draws u in (0, 1) by scheme `initialization` (traced int,
+  PROTOCOL §1 property 7), through inverse CDFs so that one random draw serves all schemes
+  (random draws dominate the compile time of a vmapped init).
+
+  0: constant 0.1; 1: normal(0, 1); 2: Glorot uniform in ±limit; 3: Glorot normal (a normal
+  truncated at 2 std, scaled by trunc_std so that its std is sqrt(2 / (fan_in + fan_out)), as
+  TensorFlow 1 draws it). limit and trunc_std: `init_constants`, floats or float32 scalars.
+  """
   lo = 0.5 * math.erfc(2.0 / math.sqrt(2.0))  # Φ(-2)
   candidates = jnp.stack([
-      jnp.full(shape, 0.1, jnp.float32),
+      jnp.full(u.shape, 0.1, jnp.float32),
       _std_normal(u),
       limit * (2.0 * u - 1.0),
       trunc_std * _std_normal(lo + u * (1.0 - 2.0 * lo)),
@@ -137,12 +142,24 @@ def init_kernel(u: jax.Array, shape: tuple[int, ...], initialization: jax.Array)
   return candidates[initialization]
 
 
-def init(key: jax.Array, arch: Architecture, initialization: jax.Array) -> tuple[Params, Stats]:
-  """Parameters and batch-norm statistics of one model; biases and betas zero, gammas N(1, 0.002)."""
-  specs = layer_specs(arch)
+def init_kernel(u: jax.Array, shape: tuple[int, ...], initialization: jax.Array) -> jax.Array:
+  """A kernel of `shape` drawn by scheme `initialization` from uniform draws u (`kernel_values`)."""
+  return kernel_values(u, *init_constants(shape), initialization)
+
+
+def init_draw_sizes(specs) -> list[int]:
+  """Lengths of the consecutive parts of `init`'s one uniform draw: per layer the kernel, then
+  the gamma when batch-normed."""
   sizes = []
   for spec in specs:
     sizes += [math.prod(spec.kernel_shape)] + ([spec.units] if spec.batch_norm else [])
+  return sizes
+
+
+def init(key: jax.Array, arch: Architecture, initialization: jax.Array) -> tuple[Params, Stats]:
+  """Parameters and batch-norm statistics of one model; biases and betas zero, gammas N(1, 0.002)."""
+  specs = layer_specs(arch)
+  sizes = init_draw_sizes(specs)
   u = iter(jnp.split(jax.random.uniform(key, (sum(sizes),), jnp.float32, 1e-7, 1.0 - 1e-7),
                      np.cumsum(sizes)[:-1]))
   params, stats = {}, {}
@@ -207,20 +224,25 @@ def _batch_norm(y, layer, stats, axes, train):
 
 def apply(params: Params, stats: Stats, images: jax.Array, activation: jax.Array, *,
           arch: Architecture, train: bool, dropout_key: jax.Array | None = None,
-          conv_impl: str = 'im2col') -> tuple[jax.Array, Stats]:
+          conv_impl: str = 'im2col', keeps: list[jax.Array] | None = None
+          ) -> tuple[jax.Array, Stats]:
   """Runs one model on images [B, 32, 32, 3] in [0, 1]; returns logits [B, 20] and new statistics.
 
   Conv: kernel + bias, batch norm, activation (2×2 max pool closing each block). Dense: matmul +
   bias, activation, batch norm, dropout (keep 0.5, train only). Then the 20 logits. With
   train=True batch norm uses batch statistics and updates the moving averages (decay 0.9);
   with train=False it uses the moving averages and statistics come back unchanged.
+  keeps: the dropout masks (bool [B, units] per batch-normed dense layer) when the caller draws
+  them (`packing` does, to reproduce an unpadded model's draw); None draws them from dropout_key.
   """
-  if train and dropout_key is None:
+  if train and dropout_key is None and keeps is None:
     raise ValueError('train=True needs a dropout_key')
   x = images
   new_stats = {}
   specs = layer_specs(arch)
-  if train:
+  if train and keeps is not None:
+    keeps = iter(keeps)
+  elif train:
     # One draw for every dropout layer: each random draw adds to the compile time.
     dropped = [s.units for s in specs if s.kind == 'dense' and s.batch_norm]
     keep_all = jax.random.bernoulli(dropout_key, DROPOUT_KEEP, (x.shape[0], sum(dropped)))

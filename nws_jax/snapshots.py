@@ -86,12 +86,14 @@ class ExportWriter:
 
 
 def gather_snapshots(writer: ExportWriter, epochs: np.ndarray, arch_members: Sequence[np.ndarray],
-                     num_snapshots: int = NUM_SNAPSHOTS) -> tuple['Snapshots', np.ndarray]:
+                     num_snapshots: int = NUM_SNAPSHOTS,
+                     lengths: np.ndarray | None = None) -> tuple['Snapshots', np.ndarray]:
   """Each model's kept exports: (Snapshots, export numbers int [models, num_snapshots]).
 
   epochs: [models] epochs each model trained, so model m has E = epochs[m] + 1 exports.
   arch_members: per saved array, the zoo positions of its rows (`ZooTrainer.arch_members`).
-  Each saved export step is read at most once.
+  lengths: [models] model m's vector is the first lengths[m] entries of its row (padded
+  architectures); None: whole rows. Each saved export step is read at most once.
   """
   epochs = np.asarray(epochs)
   numbers = np.stack([select_exports(int(e) + 1, num_snapshots) for e in epochs])
@@ -102,9 +104,10 @@ def gather_snapshots(writer: ExportWriter, epochs: np.ndarray, arch_members: Seq
       for row, m in enumerate(members):
         cols = np.flatnonzero(numbers[m] - 1 == step)
         if len(cols):
+          n = weights.shape[1] if lengths is None else int(lengths[m])
           if per_model[m] is None:
-            per_model[m] = np.empty((num_snapshots, weights.shape[1]), np.float32)
-          per_model[m][cols] = weights[row]
+            per_model[m] = np.empty((num_snapshots, n), np.float32)
+          per_model[m][cols] = weights[row, :n]
   return Snapshots.from_list(per_model), numbers
 
 

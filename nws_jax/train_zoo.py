@@ -28,8 +28,13 @@ flags.DEFINE_list('datasets', list(datasets_lib.OFFLINE_NAMES),
                   + ','.join(datasets_lib.ALL_NAMES) + f' ({_DEFAULTS_NOTE}).')
 flags.DEFINE_enum('architecture', 'fixed', ['fixed', 'random'],
                   "'fixed': nws_fixed's architecture for every model; 'random': nws_main, the "
-                  'five architecture properties drawn per model too (one training program per '
-                  'architecture and batch size).')
+                  'five architecture properties drawn per model too.')
+flags.DEFINE_enum('packing', 'depth', ['depth', 'conv', 'exact'],
+                  'How models of different architectures share compiled programs (the same '
+                  "models whichever): 'depth' pads those of one conv and dense depth to their "
+                  "largest filter size and widths (fewest programs); 'conv' pads the dense width "
+                  "only (little padding); 'exact' compiles one program per architecture. "
+                  'BENCHMARKS.md compares them.')
 flags.DEFINE_integer('max_epochs', 8, 'Epoch cap (the study: 1000).')
 flags.DEFINE_integer('min_epochs', 4, 'No early stopping before this epoch (the study: 20).')
 flags.DEFINE_integer('num_train', 3000,
@@ -84,7 +89,8 @@ def main(argv):
       architecture=FLAGS.architecture, max_epochs=FLAGS.max_epochs, min_epochs=FLAGS.min_epochs,
       num_train=FLAGS.num_train or None, num_test=FLAGS.num_test,
       eval_size=FLAGS.eval_size or None, num_snapshots=FLAGS.num_snapshots,
-      conv_impl=FLAGS.conv_impl, steps_per_call=FLAGS.steps_per_call, data_dir=FLAGS.data_dir)
+      conv_impl=FLAGS.conv_impl, steps_per_call=FLAGS.steps_per_call, data_dir=FLAGS.data_dir,
+      packing=FLAGS.packing)
   try:
     config.validate()
     zoo = zoo_builder.build_zoo(config, FLAGS.workdir, resume=FLAGS.resume,

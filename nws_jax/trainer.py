@@ -3,10 +3,13 @@
 The single-model functions (`init_model`, `train_steps`, `evaluate_model`) are written for one
 model and lifted with `jax.vmap` over a leading models axis. Every per-model choice that keeps
 shapes equal (dataset, learning rate, optimizer, activation, initialisation, augmentation, RNG)
-is data on that axis. What changes shapes (batch size now, architecture later) splits the zoo
-into groups; each group is one compiled training program, `lax.scan` over `steps_per_call`
-steps, called a few times per epoch by a thin host loop. Evaluation and snapshot export run on
-all models at once.
+is data on that axis. Architectures are packed (`packing`): under the default 'depth' packing
+the models of one layer structure (conv and dense depth) run at the largest filter size and
+widths among them, masked, so a random-architecture zoo has at most 9 padded architectures;
+'conv' pads only dense widths and 'exact' gives each architecture its own. A padded architecture and a batch size make a group,
+one compiled training program, `lax.scan` over `steps_per_call` steps, called a few times per
+epoch by a thin host loop. Initialisation, evaluation and snapshot export run once per padded
+architecture over all of its groups.
 
 A model's randomness derives from (seed, model_id) alone, and a model that needs fewer steps
 than its group's longest in an epoch, or has stopped, is masked (its state is left exactly as
@@ -31,6 +34,7 @@ from nws_jax import cnn
 from nws_jax import early_stopping
 from nws_jax import input_pipeline
 from nws_jax import optim
+from nws_jax import packing as packing_lib
 from nws_jax import space
 
 
@@ -46,6 +50,9 @@ class TrainConfig:
   eval_models_per_chunk: models evaluated at once (bounds evaluation memory).
   train_models_per_chunk: models of a group vmapped at once in training, the chunks run in
     sequence (None: the measured best for the backend, `default_models_per_chunk`).
+  packing: 'depth' (architectures of one conv and dense depth share a program, padded and
+    masked), 'conv' (only dense widths padded) or 'exact' (one program per architecture); see
+    `packing` and BENCHMARKS.md.
   """
   seed: int = 0
   rules: early_stopping.StoppingRules = early_stopping.StoppingRules()
@@ -55,6 +62,7 @@ class TrainConfig:
   train_models_per_chunk: int | None = None
   eval_models_per_chunk: int = 32
   augment: augment.AugmentConfig = augment.AugmentConfig()
+  packing: str = 'depth'
 
 
 def default_conv_impl() -> str:
@@ -94,6 +102,7 @@ class Hyper(NamedTuple):
   initialization: jax.Array  # int32, index into space.INITIALIZATIONS
   augmentation: jax.Array   # bool
   steps_per_epoch: jax.Array  # int32, balanced examples of its dataset // its batch size
+  layout: packing_lib.ModelLayout  # where its own architecture sits in the group's padded one
 
 
 def model_key(seed: int, model_id: int) -> jax.Array:
@@ -101,8 +110,10 @@ def model_key(seed: int, model_id: int) -> jax.Array:
 
 
 def init_model(hp: Hyper, arch: cnn.Architecture) -> ModelState:
-  """A fresh model: weights by its initialisation scheme, zero biases, optimizer state."""
-  params, stats = cnn.init(jax.random.fold_in(hp.key, 0), arch, hp.initialization)
+  """A fresh model: weights by its initialisation scheme, zero biases, optimizer state (padded
+  to `arch`, the group's architecture; `cnn.init` of its own architecture inside)."""
+  params, stats = packing_lib.init(jax.random.fold_in(hp.key, 0), hp.layout, hp.initialization,
+                                   arch)
   return ModelState(params, stats, optim.init(params))
 
 
@@ -122,15 +133,19 @@ def epoch_order(hp: Hyper, epoch: jax.Array, data: input_pipeline.ZooData) -> ja
 def train_steps(state: ModelState, hp: Hyper, order: jax.Array, active: jax.Array,
                 epoch: jax.Array, start_step: jax.Array, data: input_pipeline.ZooData, *,
                 arch: cnn.Architecture, batch_size: int, num_steps: int, conv_impl: str,
-                augment_config: augment.AugmentConfig):
+                augment_config: augment.AugmentConfig, masked: bool = True):
   """Steps start_step … start_step + num_steps - 1 of one model's epoch.
 
   order: int32 [N] from `epoch_order`; active: bool, False for a stopped model. Steps at or past
   the model's `steps_per_epoch`, and every step of an inactive model, leave its state unchanged.
   Returns (state, metrics) with metrics = (summed batch-mean loss, correct predictions, live
   steps), float32 scalars, measured on the training batches as trained (augmented, dropout).
+  `arch` is the group's padded architecture: gradients outside the model's own weights
+  (hp.layout) are masked to zero, so padding stays zero. masked=False (a group whose models
+  all have architecture `arch`) runs `cnn.apply` unmasked, the same model with less arithmetic.
   """
   _, step_root = epoch_keys(hp, epoch)
+  masks = packing_lib.param_masks(hp.layout, arch) if masked else None
 
   def one_step(carry, i):
     state, loss_sum, correct, seen = carry
@@ -143,11 +158,18 @@ def train_steps(state: ModelState, hp: Hyper, order: jax.Array, active: jax.Arra
     images = augment.maybe_augment(aug_key, images, hp.augmentation, augment_config)
 
     def loss_fn(params):
-      logits, new_stats = cnn.apply(params, state.stats, images, hp.activation, arch=arch,
-                                    train=True, dropout_key=dropout_key, conv_impl=conv_impl)
+      if masked:
+        logits, new_stats = packing_lib.apply(params, state.stats, images, hp.activation,
+                                              hp.layout, arch=arch, train=True,
+                                              dropout_key=dropout_key, conv_impl=conv_impl)
+      else:
+        logits, new_stats = cnn.apply(params, state.stats, images, hp.activation, arch=arch,
+                                      train=True, dropout_key=dropout_key, conv_impl=conv_impl)
       return cnn.cross_entropy(logits, labels), (new_stats, logits)
 
     (loss, (new_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if masked:
+      grads = jax.tree.map(jnp.multiply, grads, masks)
     new_params, new_opt = optim.update(grads, state.opt, state.params, hp.optimizer, hp.lrate)
     new_state = ModelState(new_params, new_stats, new_opt)
     state = jax.tree.map(lambda n, o: jnp.where(live, n, o), new_state, state)
@@ -201,12 +223,13 @@ def _concat_trees(trees):
 # so that JAX's compilation cache serves every zoo (and every single-model run) with that shape.
 
 @functools.lru_cache(maxsize=None)
-def _train_program(arch, batch_size, num_steps, conv_impl, augment_config, models_per_chunk):
+def _train_program(arch, batch_size, num_steps, conv_impl, augment_config, models_per_chunk,
+                   masked):
   """The group's training program: `train_steps` over the models axis, `models_per_chunk`
   models vmapped at a time (lax.map runs the chunks in sequence; None: all at once)."""
   step_fn = functools.partial(train_steps, arch=arch, batch_size=batch_size,
                               num_steps=num_steps, conv_impl=conv_impl,
-                              augment_config=augment_config)
+                              augment_config=augment_config, masked=masked)
 
   def program(state, hyper, order, active, epoch, start_step, data):
     return jax.lax.map(lambda a: step_fn(*a, epoch, start_step, data),
@@ -247,11 +270,13 @@ def _eval_program(arch, batch_size, conv_impl, models_per_chunk):
 
 @functools.lru_cache(maxsize=None)
 def _flatten_program(arch):
-  def flatten_all(states, unsort):
-    """Snapshot vectors [models, n] of these groups' models (all of architecture `arch`), rows
-    permuted by `unsort` (to ascending zoo position)."""
-    state = _concat_trees(states)
-    return jax.vmap(lambda s: cnn.flatten(s.params, s.stats, arch))(state)[unsort]
+  def flatten_all(states, hypers, unsort):
+    """Snapshot vectors [models, n] of these groups' models (all padded to `arch`; model i's
+    own vector first, zeros after its length), rows permuted by `unsort` (to ascending zoo
+    position)."""
+    state, hyper = _concat_trees(states), _concat_trees(hypers)
+    return jax.vmap(lambda s, h: packing_lib.flatten(s.params, s.stats, h.layout, arch))(
+        state, hyper)[unsort]
 
   return jax.jit(flatten_all)
 
@@ -261,12 +286,13 @@ _order_program = jax.jit(jax.vmap(epoch_order, in_axes=(0, None, None)))
 
 @dataclasses.dataclass
 class Group:
-  """Models sharing one compiled training program: same architecture and batch size."""
-  arch: cnn.Architecture
+  """Models sharing one compiled training program: same padded architecture and batch size."""
+  arch: cnn.Architecture    # the padded architecture (`packing.bucket_arch`)
   batch_size: int
   members: np.ndarray       # int [Mg], positions in the zoo
   hyper: Hyper              # arrays [Mg, ...]
   max_steps: int            # the longest epoch of a member, in steps
+  masked: bool = True       # some member is smaller than `arch` (padded); False: none is
 
 
 class ZooTrainer:
@@ -288,13 +314,23 @@ class ZooTrainer:
     self.conv_impl = default_conv_impl() if cfg.conv_impl == 'auto' else cfg.conv_impl
     if self.conv_impl not in cnn.CONV_IMPLS:
       raise ValueError(f'unknown conv_impl {cfg.conv_impl!r}')
+    if cfg.packing not in packing_lib.PACKINGS:
+      raise ValueError(f'unknown packing {cfg.packing!r}; choose from: '
+                       + ', '.join(packing_lib.PACKINGS))
+    if cfg.packing != 'exact':
+      packing_lib.check_random_draws()
     index = {name: i for i, name in enumerate(dataset_names)}
+    own = [cnn.Architecture(*c.architecture) for c in self.configs]
+    buckets = {}
+    for a in own:
+      buckets.setdefault(packing_lib.bucket_key(a, cfg.packing), []).append(a)
+    padded = {key: packing_lib.bucket_arch(archs) for key, archs in buckets.items()}
     keys = {}
     self.steps_per_epoch = np.zeros(len(self.configs), np.int64)  # per model, zoo order
     for pos, c in enumerate(self.configs):
       if c.dataset not in index:
         raise ValueError(f'model {model_ids[pos]} uses dataset {c.dataset!r}, not in the zoo data')
-      arch = cnn.Architecture(*c.architecture)
+      arch = padded[packing_lib.bucket_key(own[pos], cfg.packing)]
       keys.setdefault((arch, c.batch_size), []).append(pos)
     self.groups = []
     for (arch, batch_size), members in sorted(keys.items(), key=lambda kv: kv[0][1]):
@@ -312,13 +348,15 @@ class ZooTrainer:
             dataset=jnp.int32(index[c.dataset]), lrate=jnp.float32(c.lrate),
             optimizer=jnp.int32(c.optimizer), activation=jnp.int32(c.activation),
             initialization=jnp.int32(c.initialization),
-            augmentation=jnp.bool_(c.augmentation), steps_per_epoch=jnp.int32(steps)))
+            augmentation=jnp.bool_(c.augmentation), steps_per_epoch=jnp.int32(steps),
+            layout=jax.tree.map(jnp.asarray, packing_lib.model_layout(own[pos], arch))))
       hyper = _stack_trees(hyper)
       self.groups.append(Group(arch, batch_size, np.asarray(members), hyper,
-                               int(hyper.steps_per_epoch.max())))
-    # Positions in the concatenation of the groups -> zoo order.
-    self.weight_counts = [cnn.weight_counts(cnn.Architecture(*c.architecture))
-                          for c in self.configs]
+                               int(hyper.steps_per_epoch.max()),
+                               masked=any(own[pos] != arch for pos in members)))
+    self.weight_counts = [cnn.weight_counts(a) for a in own]
+    # Snapshot length per model (its exported rows carry zeros after it).
+    self.lengths = np.array([sum(w) for w in self.weight_counts], np.int64)
     self._compile()
 
   @property
@@ -330,7 +368,7 @@ class ZooTrainer:
     chunk = cfg.train_models_per_chunk or default_models_per_chunk()
     self._train = {id(g): _train_program(g.arch, g.batch_size,
                                          min(cfg.steps_per_call, g.max_steps), self.conv_impl,
-                                         cfg.augment, min(chunk, len(g.members)))
+                                         cfg.augment, min(chunk, len(g.members)), g.masked)
                    for g in self.groups}
     # Programs that read every model's parameters (init, evaluation, export) run once per
     # architecture over all of its groups (batch size does not change parameter shapes).
@@ -408,9 +446,10 @@ class ZooTrainer:
     return out
 
   def export(self, state: list[ModelState]) -> tuple[jax.Array, ...]:
-    """Snapshot vectors, one float32 [models of arch a, n_a] array per architecture a of
-    `self.archs`; row j is the model at zoo position `self.arch_members[a][j]`."""
-    return tuple(flatten([state[i] for i in idx], unsort)
+    """Snapshot vectors, one float32 [models of arch a, n_a] array per padded architecture a of
+    `self.archs`; row j is the model at zoo position m = `self.arch_members[a][j]`, its own
+    vector in its first `self.lengths[m]` entries."""
+    return tuple(flatten([state[i] for i in idx], [self.groups[i].hyper for i in idx], unsort)
                  for flatten, idx, unsort in zip(self._flatten_all, self._arch_groups,
                                                  self._arch_unsort))
 
@@ -432,8 +471,9 @@ def train(trainer: ZooTrainer, *, state=None, start_epoch: int = 0, stopping=Non
   on_export(step, weights) receives the initialisation's (step 0) and every epoch's weights
   (`ZooTrainer.export`'s arrays, one per architecture); on_epoch(epoch, TrainResult so far) is called after each epoch (checkpointing).
   A run resumes from (state, start_epoch, stopping, curves, losses) of an earlier on_epoch.
-  progress: a tqdm bar over epochs showing models finished, the step inside the epoch, the
-  mean validation accuracy of the running models and the time left at the epoch cap.
+  progress: a tqdm bar over epochs showing the training programs still running, slots busy
+  (models still training, of all the programs' slots), models finished, the step inside the
+  epoch, the mean validation accuracy of the running models and the time left at the epoch cap.
   """
   rules = trainer.cfg.rules
   m = trainer.num_models
@@ -442,7 +482,8 @@ def train(trainer: ZooTrainer, *, state=None, start_epoch: int = 0, stopping=Non
   if progress:
     from tqdm import tqdm
     bar = tqdm(total=rules.max_epochs, initial=start_epoch, unit='epoch', dynamic_ncols=True)
-    bar.set_postfix_str(f'compiling {len(trainer.groups)} training programs')
+    bar.set_postfix_str(f'compiling {len(trainer.groups)} training programs '
+                        f'({len(trainer.archs)} padded architectures)')
   try:
     if state is None:
       state = trainer.init_state()
@@ -479,7 +520,10 @@ def train(trainer: ZooTrainer, *, state=None, start_epoch: int = 0, stopping=Non
         on_epoch(epoch, TrainResult(state, stopping, curves, losses, time.time() - t0))
       if bar is not None:
         done = int((stopping.status != early_stopping.RUNNING).sum())
-        status = (f'models done {done}/{m}, valid acc {np.mean(acc[active, 1]):.3f} '
+        running = stopping.status == early_stopping.RUNNING
+        busy = sum(bool(running[g.members].any()) for g in trainer.groups)
+        status = (f'programs {busy}/{len(trainer.groups)}, slots busy {int(running.sum())}/{m}, '
+                  f'models done {done}/{m}, valid acc {np.mean(acc[active, 1]):.3f} '
                   f'(best {np.max(acc[active, 1]):.3f}), ')
         bar.set_postfix_str(status.rstrip(', '))
         bar.update(1)

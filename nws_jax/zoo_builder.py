@@ -24,6 +24,7 @@ from nws_jax import cnn
 from nws_jax import datasets as datasets_lib
 from nws_jax import early_stopping
 from nws_jax import input_pipeline
+from nws_jax import packing as packing_lib
 from nws_jax import snapshots as snapshots_lib
 from nws_jax import space
 from nws_jax import trainer as trainer_lib
@@ -54,6 +55,7 @@ class ZooConfig:
   conv_impl: str = 'auto'
   steps_per_call: int = 64
   data_dir: str | None = None
+  packing: str = 'depth'
 
   def validate(self) -> None:
     """Raises ValueError with a one-line message for a config that cannot run."""
@@ -70,6 +72,9 @@ class ZooConfig:
     if self.architecture not in space.ARCHITECTURE_MODES:
       raise ValueError(f'unknown architecture {self.architecture!r}; this version supports: '
                        + ', '.join(space.ARCHITECTURE_MODES))
+    if self.packing not in packing_lib.PACKINGS:
+      raise ValueError(f'unknown packing {self.packing!r}; choose from: '
+                       + ', '.join(packing_lib.PACKINGS))
     if self.steps_per_call < 1:
       raise ValueError(f'steps_per_call must be at least 1, got {self.steps_per_call}')
     if self.num_snapshots < 1:
@@ -143,7 +148,7 @@ def make_trainer(config: ZooConfig, configs: Sequence[space.ModelConfig] | None 
       seed=config.seed,
       rules=early_stopping.StoppingRules(min_epochs=config.min_epochs,
                                          max_epochs=config.max_epochs),
-      conv_impl=config.conv_impl, steps_per_call=config.steps_per_call)
+      conv_impl=config.conv_impl, steps_per_call=config.steps_per_call, packing=config.packing)
   sizes = [input_pipeline.balanced_size(d.train_labels) for d in datasets]
   return trainer_lib.ZooTrainer(configs, list(model_ids), data, config.datasets, sizes, cfg)
 
@@ -257,7 +262,8 @@ def build_zoo(config: ZooConfig, workdir: str, *, resume: bool = False, overwrit
                              progress=progress, **kwargs)
   checkpointer.close()
   snaps, numbers = snapshots_lib.gather_snapshots(exports, result.stopping.epochs,
-                                                  trainer.arch_members, config.num_snapshots)
+                                                  trainer.arch_members, config.num_snapshots,
+                                                  trainer.lengths)
   exports.close()
   table = model_table(trainer, result)
   table['seconds'] = time.time() - t0

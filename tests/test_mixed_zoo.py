@@ -9,14 +9,17 @@ import pytest
 
 from nws_jax import cnn
 from nws_jax import space
+from nws_jax import trainer as trainer_lib
 from nws_jax import zoo as zoo_lib
 from nws_jax import zoo_builder
 from nws_jax.meta import split as split_lib
 from nws_jax.meta import targets as targets_lib
 from nws_jax.meta import train
 
-# Seed 5 draws two models of different architectures: (7, 3, 2, 8, 128) and (7, 4, 3, 8, 128).
-CONFIG = zoo_builder.ZooConfig(num_models=2, seed=5, datasets=('gratings', 'digits'),
+# Seed 73 draws two models of one layer structure and batch size 64 with different filter
+# sizes and widths, (7, 3, 3, 4, 64) and (5, 3, 3, 8, 192): both run padded to (7, 3, 3, 8, 192)
+# in one program.
+CONFIG = zoo_builder.ZooConfig(num_models=2, seed=73, datasets=('gratings', 'digits'),
                                architecture='random', max_epochs=1, min_epochs=1, num_train=600,
                                num_test=100, eval_size=100)
 
@@ -44,16 +47,20 @@ def test_each_model_has_its_own_architecture_and_vector_length(built):
   assert not zoo.snapshots.is_uniform
 
 
-def test_first_snapshot_is_each_models_initialisation_in_release_order(built):
+def test_both_models_run_padded_in_one_program():
   trainer = zoo_builder.make_trainer(CONFIG)
-  assert len(trainer.archs) == 2 and sorted(np.concatenate(trainer.arch_members)) == [0, 1]
-  state = trainer.init_state()
-  for g, s in zip(trainer.groups, state):
-    for j, pos in enumerate(g.members):
-      params, stats = jax.tree.map(lambda x, j=j: np.asarray(x[j]), (s.params, s.stats))
-      expected = np.asarray(cnn.flatten(params, stats, g.arch))
-      np.testing.assert_array_equal(built.snapshots[pos][0], expected)
-      assert not np.array_equal(built.snapshots[pos][0], built.snapshots[pos][-1])
+  (group,) = trainer.groups
+  assert group.masked and group.arch == cnn.Architecture(7, 3, 3, 8, 192)
+
+
+def test_first_snapshot_is_each_models_own_initialisation_in_release_order(built):
+  init = jax.jit(cnn.init, static_argnums=1)
+  for i, row in enumerate(built.table.to_dict('records')):
+    key = jax.random.fold_in(trainer_lib.model_key(CONFIG.seed, i), 0)
+    params, stats = init(key, _arch(row), jax.numpy.int32(row['initialization']))
+    np.testing.assert_array_equal(built.snapshots[i][0],
+                                  np.asarray(cnn.flatten(params, stats, _arch(row))))
+    assert not np.array_equal(built.snapshots[i][0], built.snapshots[i][-1])
 
 
 def test_meta_classifiers_train_on_a_mixed_zoo(built):

@@ -7,7 +7,8 @@ Suites: zoo (vectorised trainer against a per-model loop), roofline (achieved FL
 measured matmul peak, memory per model), meta (meta-classifiers: one property against all in
 one program), io (snapshot saving and its stall, slice reads), release (reading the published
 release format: slices from a warm and a cold page cache, the open checks, memory under an
-address-space limit). Prints a table per suite; with --json_out, one JSON line per measurement.
+address-space limit), packing (a random-architecture zoo padded into few programs against
+exact packing, the fixed zoo and a per-model loop). Prints a table per suite; with --json_out, one JSON line per measurement.
 Exit code 2 for bad flags.
 """
 
@@ -19,7 +20,7 @@ from absl import flags
 
 from nws_jax import cli
 
-SUITES = ('zoo', 'roofline', 'meta', 'io', 'release')
+SUITES = ('zoo', 'roofline', 'meta', 'io', 'release', 'packing')
 FLAGS = flags.FLAGS
 
 flags.DEFINE_list('suite', ['zoo'], 'Suites to run, comma-separated, among: '
@@ -48,6 +49,13 @@ flags.DEFINE_integer('release_rss_weights', 1_000_000, 'Weights per net of that 
 flags.DEFINE_integer('release_rss_limit_mb', 3072, 'RLIMIT_AS of the process reading it, MiB (it '
                      'must be smaller than the sparse release).')
 flags.DEFINE_integer('release_rss_batches', 200, 'Batches read under that limit.')
+flags.DEFINE_integer('packing_num_models', 256, 'Models of the packing suite\'s zoos.')
+flags.DEFINE_integer('packing_num_train', 320, 'Training examples per dataset of the packing '
+                     'suite.')
+flags.DEFINE_integer('packing_loop_models', 8, 'Models of the random zoo the packing suite times '
+                     'with exact packing and one at a time.')
+flags.DEFINE_bool('packing_plan_only', False, 'Packing suite: count programs and arithmetic, '
+                  'time nothing.')
 flags.DEFINE_string('workdir', None, 'Where the io and release suites write (default: a '
                     'temporary dir).')
 flags.DEFINE_string('json_out', None, 'Write every measurement as a JSON line to this file.')
@@ -82,7 +90,9 @@ def main(argv):
       release_rss_weights=FLAGS.release_rss_weights,
       release_rss_limit_mb=FLAGS.release_rss_limit_mb,
       release_rss_batches=FLAGS.release_rss_batches,
-      workdir=FLAGS.workdir)
+      workdir=FLAGS.workdir, packing_num_models=FLAGS.packing_num_models,
+      packing_num_train=FLAGS.packing_num_train, packing_loop_models=FLAGS.packing_loop_models,
+      packing_plan_only=FLAGS.packing_plan_only)
   try:
     config.validate()
     if 'release' in suites:

@@ -32,7 +32,9 @@ class BenchConfig:
   meta_*: the meta suite's slice length and widths; release_*: the release suite's sizes (nets,
   weights per net of the longer architecture, slice length, timed batches per round; and of its
   sparse release read under an address-space limit of release_rss_limit_mb MiB); workdir: where
-  the io and release suites write (None: a temporary directory)."""
+  the io and release suites write (None: a temporary directory); packing_*: the packing suite's
+  random zoo (models, training examples per dataset, models timed exact and one at a time, and
+  whether to count programs and arithmetic only)."""
   num_models: tuple[int, ...] | None = None
   batch_size: int = 64
   steps: int = 16
@@ -53,6 +55,10 @@ class BenchConfig:
   release_rss_batches: int = 200
   workdir: str | None = None
   seed: int = 0
+  packing_num_models: int = 256
+  packing_num_train: int = 320
+  packing_loop_models: int = 8
+  packing_plan_only: bool = False
 
   def sizes(self) -> tuple[int, ...]:
     if self.num_models:
@@ -64,11 +70,14 @@ class BenchConfig:
     for name in ('batch_size', 'steps', 'repeats', 'loop_models', 'meta_num_models',
                  'meta_slice_length', 'release_num_models', 'release_weights',
                  'release_slice_length', 'release_batches', 'release_rss_num_models',
-                 'release_rss_weights', 'release_rss_limit_mb', 'release_rss_batches'):
+                 'release_rss_weights', 'release_rss_limit_mb', 'release_rss_batches',
+                 'packing_num_models', 'packing_loop_models'):
       if getattr(self, name) < 1:
         raise ValueError(f'{name} must be at least 1, got {getattr(self, name)}')
     if self.num_models is not None and min(self.num_models, default=1) < 1:
       raise ValueError(f'num_models must be positive, got {list(self.num_models)}')
+    if self.packing_num_train < 10:
+      raise ValueError(f'packing_num_train must be at least 10, got {self.packing_num_train}')
     if self.conv_impl not in ('auto', 'im2col', 'lax'):
       raise ValueError(f'unknown conv_impl {self.conv_impl!r}')
 

@@ -106,7 +106,8 @@ def xla_step_flops(config: common.BenchConfig) -> float | None:
     order = trainer_lib.epoch_order(hyper, jnp.int32(1), trainer.data)
     step = functools.partial(trainer_lib.train_steps, arch=group.arch,
                              batch_size=group.batch_size, num_steps=1,
-                             conv_impl=trainer.conv_impl, augment_config=trainer.cfg.augment)
+                             conv_impl=trainer.conv_impl, augment_config=trainer.cfg.augment,
+                             masked=group.masked)
     compiled = jax.jit(step).lower(state, hyper, order, jnp.bool_(True), jnp.int32(1),
                                    jnp.int32(0), trainer.data).compile()
     return _flops_of(compiled)
