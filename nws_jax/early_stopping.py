@@ -57,15 +57,17 @@ def initial_state(num_models: int) -> StoppingState:
                        zeros.copy())
 
 
-def update(state: StoppingState, valid_accuracy: np.ndarray,
-           rules: StoppingRules) -> StoppingState:
+def update(state: StoppingState, valid_accuracy: np.ndarray, rules: StoppingRules,
+           trained: np.ndarray | None = None) -> StoppingState:
   """Takes one finished epoch's validation accuracies [models] (fractions).
 
-  Models already stopped are left exactly as they were; `epochs` counts the epochs each running
-  model has now trained.
+  Models already stopped, and those with trained[model] False (waiting for a slot), are left
+  exactly as they were; `epochs` counts the epochs each running model has now trained.
   """
   acc = np.asarray(valid_accuracy, np.float64)
   running = state.status == RUNNING
+  if trained is not None:
+    running = running & trained
   epochs = state.epochs + running
   first = np.isnan(state.previous)
   fell = ~first & (acc < state.previous)

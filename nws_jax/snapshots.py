@@ -85,29 +85,35 @@ class ExportWriter:
     self._manager.close()
 
 
-def gather_snapshots(writer: ExportWriter, epochs: np.ndarray, arch_members: Sequence[np.ndarray],
+def gather_snapshots(writer: ExportWriter, epochs: np.ndarray, locations: np.ndarray,
                      num_snapshots: int = NUM_SNAPSHOTS,
                      lengths: np.ndarray | None = None) -> tuple['Snapshots', np.ndarray]:
   """Each model's kept exports: (Snapshots, export numbers int [models, num_snapshots]).
 
   epochs: [models] epochs each model trained, so model m has E = epochs[m] + 1 exports.
-  arch_members: per saved array, the zoo positions of its rows (`ZooTrainer.arch_members`).
+  locations: int [models, epochs + 1, 3], where model m's export of epoch e was saved: (saved
+  step, index of the array in it, row) (`trainer.TrainResult.exports`).
   lengths: [models] model m's vector is the first lengths[m] entries of its row (padded
-  architectures); None: whole rows. Each saved export step is read at most once.
+  architectures); None: whole rows. Each saved step is read at most once.
   """
   epochs = np.asarray(epochs)
   numbers = np.stack([select_exports(int(e) + 1, num_snapshots) for e in epochs])
   per_model = [None] * len(epochs)
-  for step in np.unique(numbers - 1):
-    arrays = writer.read(int(step))
-    for weights, members in zip(arrays, arch_members):
-      for row, m in enumerate(members):
-        cols = np.flatnonzero(numbers[m] - 1 == step)
-        if len(cols):
-          n = weights.shape[1] if lengths is None else int(lengths[m])
-          if per_model[m] is None:
-            per_model[m] = np.empty((num_snapshots, n), np.float32)
-          per_model[m][cols] = weights[row, :n]
+  wanted = {}  # saved step -> [(model, columns, array index, row)]
+  for m, nums in enumerate(numbers):
+    for e in np.unique(nums - 1):
+      step, array, row = (int(x) for x in locations[m, e])
+      if step < 0:
+        raise ValueError(f'model {m} has no saved export of epoch {e}')
+      wanted.setdefault(step, []).append((m, np.flatnonzero(nums - 1 == e), array, row))
+  for step in sorted(wanted):
+    arrays = writer.read(step)
+    for m, cols, array, row in wanted[step]:
+      weights = arrays[array]
+      n = weights.shape[1] if lengths is None else int(lengths[m])
+      if per_model[m] is None:
+        per_model[m] = np.empty((num_snapshots, n), np.float32)
+      per_model[m][cols] = weights[row, :n]
   return Snapshots.from_list(per_model), numbers
 
 

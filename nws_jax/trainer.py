@@ -53,6 +53,10 @@ class TrainConfig:
   packing: 'depth' (architectures of one conv and dense depth share a program, padded and
     masked), 'conv' (only dense widths padded) or 'exact' (one program per architecture); see
     `packing` and BENCHMARKS.md.
+  slots_per_group: models of a group trained at once; the others queue and take the slot of a
+    model that stopped (None: all of them at once).
+  compact: once a group's queue is empty and at most half of its slots are busy, move its
+    busy models into a program of fewer slots (a power of two; one more compile per size).
   """
   seed: int = 0
   rules: early_stopping.StoppingRules = early_stopping.StoppingRules()
@@ -63,6 +67,8 @@ class TrainConfig:
   eval_models_per_chunk: int = 32
   augment: augment.AugmentConfig = augment.AugmentConfig()
   packing: str = 'depth'
+  slots_per_group: int | None = None
+  compact: bool = False
 
 
 def default_conv_impl() -> str:
@@ -232,8 +238,8 @@ def _train_program(arch, batch_size, num_steps, conv_impl, augment_config, model
                               augment_config=augment_config, masked=masked)
 
   def program(state, hyper, order, active, epoch, start_step, data):
-    return jax.lax.map(lambda a: step_fn(*a, epoch, start_step, data),
-                       (state, hyper, order, active), batch_size=models_per_chunk)
+    return jax.lax.map(lambda a: step_fn(*a, start_step, data),
+                       (state, hyper, order, active, epoch), batch_size=models_per_chunk)
 
   return num_steps, jax.jit(program, donate_argnums=(0,))
 
@@ -245,13 +251,26 @@ def _init_program(arch):
 
 
 @functools.lru_cache(maxsize=None)
+def _refill_program(arch):
+  init_group = jax.vmap(functools.partial(init_model, arch=arch))
+
+  def refill(state, hyper, fresh):
+    """State of a group's slots where fresh [slots] slots hold a new model's initial state."""
+    new = init_group(hyper)
+    return jax.tree.map(
+        lambda n, o: jnp.where(fresh.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, state)
+
+  return jax.jit(refill, donate_argnums=(0,))
+
+
+@functools.lru_cache(maxsize=None)
 def _eval_program(arch, batch_size, conv_impl, models_per_chunk):
   eval_one = functools.partial(evaluate_model, arch=arch, batch_size=batch_size,
                                conv_impl=conv_impl)
 
   def eval_all(states, hypers, data):
-    """Accuracy [models, 3] of the models of these groups (all of architecture `arch`), in the
-    order of their concatenation.
+    """Accuracy [slots, 3] of the models in these groups' slots (all of architecture `arch`),
+    in the order of their concatenation.
 
     Models are vmapped `models_per_chunk` at a time (lax.map), which bounds the memory of the
     im2col patches ([chunk, batch, 32, 32, k·k·3] float32) whatever the zoo size.
@@ -270,36 +289,43 @@ def _eval_program(arch, batch_size, conv_impl, models_per_chunk):
 
 @functools.lru_cache(maxsize=None)
 def _flatten_program(arch):
-  def flatten_all(states, hypers, unsort):
-    """Snapshot vectors [models, n] of these groups' models (all padded to `arch`; model i's
-    own vector first, zeros after its length), rows permuted by `unsort` (to ascending zoo
-    position)."""
+  def flatten_all(states, hypers):
+    """Snapshot vectors [slots, n] of the models in these groups' slots (all padded to `arch`;
+    a model's own vector first, zeros after its length), in the order of their concatenation."""
     state, hyper = _concat_trees(states), _concat_trees(hypers)
     return jax.vmap(lambda s, h: packing_lib.flatten(s.params, s.stats, h.layout, arch))(
-        state, hyper)[unsort]
+        state, hyper)
 
   return jax.jit(flatten_all)
 
 
-_order_program = jax.jit(jax.vmap(epoch_order, in_axes=(0, None, None)))
+_order_program = jax.jit(jax.vmap(epoch_order, in_axes=(0, 0, None)))
 
 
 @dataclasses.dataclass
 class Group:
-  """Models sharing one compiled training program: same padded architecture and batch size."""
+  """Models sharing one compiled training program: same padded architecture and batch size.
+
+  The program trains `num_slots` models at a time; the group's other members queue, and a slot
+  whose model stopped takes the next one (`ZooTrainer.refill`).
+  """
   arch: cnn.Architecture    # the padded architecture (`packing.bucket_arch`)
   batch_size: int
-  members: np.ndarray       # int [Mg], positions in the zoo
+  members: np.ndarray       # int [Mg], positions in the zoo, in queue order
   hyper: Hyper              # arrays [Mg, ...]
   max_steps: int            # the longest epoch of a member, in steps
   masked: bool = True       # some member is smaller than `arch` (padded); False: none is
+  num_slots: int = 0        # models trained at once (0: all members)
 
 
 class ZooTrainer:
   """Trains the models `configs` (ids `model_ids`) of a zoo on `data` in lockstep.
 
-  The state of a zoo is a list with one `ModelState` per group (leading axis: the group's
-  members). `run_epoch`, `evaluate` and `export` take and return that list.
+  Each group trains the models in its slots: the state of a zoo is a list with one
+  `ModelState` per group (leading axis: the group's slots). Slots start with the group's first
+  members; `refill` hands a stopped model's slot to the next member in the queue.
+  `slot_models[g]` are the zoo positions of group g's slots (-1: empty, its queue done).
+  `run_epoch`, `evaluate` and `export` take and return that list.
   """
 
   def __init__(self, configs: Sequence[space.ModelConfig], model_ids: Sequence[int],
@@ -307,6 +333,8 @@ class ZooTrainer:
                balanced_sizes: Sequence[int], cfg: TrainConfig):
     if len(configs) != len(model_ids):
       raise ValueError('configs and model_ids differ in length')
+    if cfg.slots_per_group is not None and cfg.slots_per_group < 1:
+      raise ValueError(f'slots_per_group must be at least 1, got {cfg.slots_per_group}')
     self.configs = list(configs)
     self.model_ids = np.asarray(model_ids)
     self.data = data
@@ -353,44 +381,149 @@ class ZooTrainer:
       hyper = _stack_trees(hyper)
       self.groups.append(Group(arch, batch_size, np.asarray(members), hyper,
                                int(hyper.steps_per_epoch.max()),
-                               masked=any(own[pos] != arch for pos in members)))
+                               masked=any(own[pos] != arch for pos in members),
+                               num_slots=min(len(members), cfg.slots_per_group or len(members))))
     self.weight_counts = [cnn.weight_counts(a) for a in own]
     # Snapshot length per model (its exported rows carry zeros after it).
     self.lengths = np.array([sum(w) for w in self.weight_counts], np.int64)
-    self._compile()
+    self._member_row = np.zeros(self.num_models, np.int64)  # a model's row in its group.hyper
+    for g in self.groups:
+      self._member_row[g.members] = np.arange(len(g.members))
+    self.reset_slots()
 
   @property
   def num_models(self) -> int:
     return len(self.configs)
+
+  @property
+  def num_slots(self) -> int:
+    return sum(g.num_slots for g in self.groups)
 
   def _compile(self):
     cfg = self.cfg
     chunk = cfg.train_models_per_chunk or default_models_per_chunk()
     self._train = {id(g): _train_program(g.arch, g.batch_size,
                                          min(cfg.steps_per_call, g.max_steps), self.conv_impl,
-                                         cfg.augment, min(chunk, len(g.members)), g.masked)
+                                         cfg.augment, min(chunk, g.num_slots), g.masked)
                    for g in self.groups}
     # Programs that read every model's parameters (init, evaluation, export) run once per
     # architecture over all of its groups (batch size does not change parameter shapes).
     self.archs = sorted({g.arch for g in self.groups}, key=dataclasses.astuple)
     self._arch_groups = [[i for i, g in enumerate(self.groups) if g.arch == a] for a in self.archs]
-    members = [np.concatenate([self.groups[i].members for i in idx]) for idx in self._arch_groups]
-    # Zoo positions of each architecture's models, ascending: the rows of `export`'s arrays.
-    self.arch_members = [np.sort(m) for m in members]
-    self._arch_concat = members
-    self._arch_unsort = [jnp.asarray(np.argsort(m)) for m in members]
+    slots = [sum(self.groups[i].num_slots for i in idx) for idx in self._arch_groups]
     self._init = [_init_program(a) for a in self.archs]
     self._eval_all = [_eval_program(a, cfg.eval_batch_size, self.conv_impl,
-                                    min(cfg.eval_models_per_chunk, len(m)))
-                      for a, m in zip(self.archs, members)]
+                                    min(cfg.eval_models_per_chunk, n))
+                      for a, n in zip(self.archs, slots)]
     self._flatten_all = [_flatten_program(a) for a in self.archs]
 
+  # --- Slots and the queue -------------------------------------------------------------------
+
+  def reset_slots(self) -> None:
+    """Puts each group's first `num_slots` members in its slots; the others queue."""
+    for g in self.groups:
+      g.num_slots = min(len(g.members), self.cfg.slots_per_group or len(g.members))
+    self._compile()
+    self.slot_models = [g.members[:g.num_slots].copy() for g in self.groups]
+    self._slot_rows = [np.arange(g.num_slots) for g in self.groups]
+    self._queued = [g.num_slots for g in self.groups]
+    self._slot_hyper = [self._gather_hyper(i) for i in range(len(self.groups))]
+
+  def _gather_hyper(self, i: int) -> Hyper:
+    return jax.tree.map(lambda x: x[jnp.asarray(self._slot_rows[i])], self.groups[i].hyper)
+
+  def schedule(self) -> dict:
+    """The slots' occupants and the queues, as arrays (for a checkpoint)."""
+    return {'slot_models': np.concatenate(self.slot_models),
+            'slot_rows': np.concatenate(self._slot_rows),
+            'queued': np.asarray(self._queued, np.int64),
+            'num_slots': np.asarray([g.num_slots for g in self.groups], np.int64)}
+
+  def restore_schedule(self, schedule: dict) -> None:
+    """Puts back what `schedule` returned."""
+    num_slots = np.asarray(schedule['num_slots'])
+    if len(num_slots) != len(self.groups):
+      raise ValueError('the saved schedule does not match this zoo\'s groups')
+    for g, n in zip(self.groups, num_slots):
+      g.num_slots = int(n)
+    self._compile()
+    bounds = np.cumsum([0] + [g.num_slots for g in self.groups])
+    models, rows = np.asarray(schedule['slot_models']), np.asarray(schedule['slot_rows'])
+    if len(models) != bounds[-1] or len(schedule['queued']) != len(self.groups):
+      raise ValueError('the saved schedule does not match this zoo\'s groups and slots')
+    self.slot_models = [models[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:])]
+    self._slot_rows = [rows[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:])]
+    self._queued = [int(q) for q in schedule['queued']]
+    self._slot_hyper = [self._gather_hyper(i) for i in range(len(self.groups))]
+
+  def in_slots(self) -> np.ndarray:
+    """bool [models]: the models now in a slot."""
+    out = np.zeros(self.num_models, bool)
+    for models in self.slot_models:
+      out[models[models >= 0]] = True
+    return out
+
+  def queued(self) -> int:
+    """Models still waiting for a slot."""
+    return sum(len(g.members) - q for g, q in zip(self.groups, self._queued))
+
+  def refill(self, state: list[ModelState], stopped: np.ndarray):
+    """Hands each slot whose model has stopped (stopped [models] bool) to the next member of
+    its group's queue, with a fresh state (its own initial weights, optimizer state, keys);
+    a slot with nothing left to take is emptied. Returns (state, zoo positions of the models
+    that entered a slot)."""
+    entered = []
+    state = list(state)
+    for i, g in enumerate(self.groups):
+      models = self.slot_models[i]
+      fresh = np.zeros(g.num_slots, bool)
+      for slot in np.flatnonzero((models >= 0) & stopped[np.maximum(models, 0)]):
+        if self._queued[i] < len(g.members):
+          row = self._queued[i]
+          self._queued[i] += 1
+          models[slot], self._slot_rows[i][slot], fresh[slot] = g.members[row], row, True
+          entered.append(int(g.members[row]))
+        else:
+          models[slot] = -1
+      if fresh.any():
+        self._slot_hyper[i] = self._gather_hyper(i)
+        state[i] = _refill_program(g.arch)(state[i], self._slot_hyper[i], jnp.asarray(fresh))
+    return state, np.asarray(entered, np.int64)
+
+  def compact(self, state: list[ModelState], running: np.ndarray) -> list[ModelState]:
+    """Shrinks each group whose queue is empty and whose busy slots (models with running[model]
+    True) fill at most half of its slots to the next power of two of them; busy slots keep
+    their order. Returns the state in the new slot layout (unchanged groups as they were)."""
+    state = list(state)
+    changed = False
+    for i, g in enumerate(self.groups):
+      models = self.slot_models[i]
+      busy = np.flatnonzero((models >= 0) & running[np.maximum(models, 0)])
+      if self._queued[i] < len(g.members) or g.num_slots == 1 or 2 * len(busy) > g.num_slots:
+        continue
+      size = 1 << max(0, int(np.ceil(np.log2(max(len(busy), 1)))))
+      keep = np.concatenate([busy, np.setdiff1d(np.arange(g.num_slots), busy)[:size - len(busy)]])
+      idle = np.zeros(size, bool)
+      idle[len(busy):] = True
+      self.slot_models[i] = np.where(idle, -1, models[keep])
+      self._slot_rows[i] = self._slot_rows[i][keep]
+      index = jnp.asarray(keep)
+      state[i] = jax.tree.map(lambda x: x[index], state[i])
+      g.num_slots = size
+      self._slot_hyper[i] = self._gather_hyper(i)
+      changed = True
+    if changed:
+      self._compile()
+    return state
+
+  # --- Programs ------------------------------------------------------------------------------
+
   def init_state(self) -> list[ModelState]:
-    """Fresh states of all models, one `ModelState` per group (one compiled program per
-    architecture)."""
+    """Fresh states of the models in the slots, one `ModelState` per group (one compiled
+    program per architecture)."""
     state = [None] * len(self.groups)
     for init, idx in zip(self._init, self._arch_groups):
-      for i, s in zip(idx, init([self.groups[i].hyper for i in idx])):
+      for i, s in zip(idx, init([self._slot_hyper[i] for i in idx])):
         state[i] = s
     return state
 
@@ -399,138 +532,197 @@ class ZooTrainer:
     thread); returns the seconds it took. Optional: the first epoch compiles otherwise."""
     t0 = time.time()
 
-    def compile_group(g, s):
+    def compile_group(i, g, s):
       _, train = self._train[id(g)]
-      active = jnp.ones(len(g.members), bool)
-      lowered = train.lower(s, g.hyper, jnp.zeros((len(g.members),) + self.data.train_labels.shape[1:],
-                                                  jnp.int32),
-                            active, jnp.int32(1), jnp.int32(0), self.data)
+      n = g.num_slots
+      lowered = train.lower(s, self._slot_hyper[i],
+                            jnp.zeros((n,) + self.data.train_labels.shape[1:], jnp.int32),
+                            jnp.ones(n, bool), jnp.ones(n, jnp.int32), jnp.int32(0), self.data)
       lowered.compile()  # Fills JAX's compilation cache; later calls of `train` hit it.
 
     with concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
-      list(pool.map(lambda a: compile_group(*a), zip(self.groups, state)))
+      list(pool.map(lambda a: compile_group(*a), zip(range(len(self.groups)), self.groups,
+                                                      state)))
     return time.time() - t0
 
   def calls_per_epoch(self) -> int:
     """Compiled training calls in one epoch, over all groups (what `on_chunk` counts)."""
     return sum(-(-g.max_steps // self._train[id(g)][0]) for g in self.groups)
 
-  def run_epoch(self, state: list[ModelState], epoch: int, active: np.ndarray,
+  def run_epoch(self, state: list[ModelState], epoch, active: np.ndarray,
                 on_chunk: Callable[[], None] | None = None):
-    """Trains epoch `epoch` (1-based) of the models with active[zoo position] True.
+    """Trains one epoch of the models in the slots with active[zoo position] True.
 
-    Returns (state, train metrics [models, 3]: summed batch loss, correct, live steps).
+    epoch: the epoch (1-based) each model trains, an int for all or an int array [models].
+    Returns (state, train metrics [models, 3]: summed batch loss, correct, live steps; zero
+    for models not trained).
     """
+    epochs = np.broadcast_to(np.asarray(epoch, np.int64), (self.num_models,))
     new_state, metrics = [], np.zeros((self.num_models, 3))
-    for g, s in zip(self.groups, state):
+    for i, (g, s) in enumerate(zip(self.groups, state)):
+      models = self.slot_models[i]
+      live = models >= 0
+      if not (live & active[np.maximum(models, 0)]).any():
+        new_state.append(s)  # Every slot idle: nothing to run.
+        continue
       num_steps, train = self._train[id(g)]
-      order = _order_program(g.hyper, jnp.int32(epoch), self.data)
-      act = jnp.asarray(active[g.members])
+      hyper = self._slot_hyper[i]
+      ep = jnp.asarray(np.where(live, epochs[np.maximum(models, 0)], 1).astype(np.int32))
+      order = _order_program(hyper, ep, self.data)
+      act = jnp.asarray(live & active[np.maximum(models, 0)])
       sums = []
       for start in range(0, g.max_steps, num_steps):
-        s, m = train(s, g.hyper, order, act, jnp.int32(epoch), jnp.int32(start), self.data)
+        s, m = train(s, hyper, order, act, ep, jnp.int32(start), self.data)
         sums.append(m)
         if on_chunk is not None:
           on_chunk()
-      metrics[g.members] = np.sum([np.stack([np.asarray(x) for x in m], axis=1) for m in sums],
-                                  axis=0)
+      summed = np.sum([np.stack([np.asarray(x) for x in m], axis=1) for m in sums], axis=0)
+      metrics[models[live]] = summed[live]
       new_state.append(s)
     return new_state, metrics
 
   def evaluate(self, state: list[ModelState]) -> np.ndarray:
-    """Accuracy [models, 3] on the train subset, validation and test sets (fractions)."""
-    out = np.zeros((self.num_models, 3))
-    for eval_all, idx, members in zip(self._eval_all, self._arch_groups, self._arch_concat):
-      out[members] = np.asarray(eval_all([state[i] for i in idx],
-                                         [self.groups[i].hyper for i in idx], self.data))
+    """Accuracy [models, 3] on the train subset, validation and test sets (fractions) of the
+    models in the slots; NaN for the others."""
+    out = np.full((self.num_models, 3), np.nan)
+    for eval_all, idx in zip(self._eval_all, self._arch_groups):
+      acc = np.asarray(eval_all([state[i] for i in idx], [self._slot_hyper[i] for i in idx],
+                                self.data))
+      models = np.concatenate([self.slot_models[i] for i in idx])
+      out[models[models >= 0]] = acc[models >= 0]
     return out
 
   def export(self, state: list[ModelState]) -> tuple[jax.Array, ...]:
-    """Snapshot vectors, one float32 [models of arch a, n_a] array per padded architecture a of
-    `self.archs`; row j is the model at zoo position m = `self.arch_members[a][j]`, its own
-    vector in its first `self.lengths[m]` entries."""
-    return tuple(flatten([state[i] for i in idx], [self.groups[i].hyper for i in idx], unsort)
-                 for flatten, idx, unsort in zip(self._flatten_all, self._arch_groups,
-                                                 self._arch_unsort))
+    """Snapshot vectors of the models in the slots, one float32 [slots of arch a, n_a] array per
+    padded architecture a of `self.archs`; row j holds the model at zoo position
+    m = `self.export_rows()[a][j]` (none if -1), its own vector in its first `self.lengths[m]`
+    entries."""
+    return tuple(flatten([state[i] for i in idx], [self._slot_hyper[i] for i in idx])
+                 for flatten, idx in zip(self._flatten_all, self._arch_groups))
+
+  def export_rows(self) -> list[np.ndarray]:
+    """Per padded architecture, the zoo positions of `export`'s rows now (-1: empty slot)."""
+    return [np.concatenate([self.slot_models[i] for i in idx]) for idx in self._arch_groups]
 
 
 class TrainResult(NamedTuple):
-  state: list            # final ModelState per group
+  state: list            # final ModelState per group (its slots)
   stopping: early_stopping.StoppingState  # per model: status, epochs, …
   curves: np.ndarray     # [models, max_epochs + 1, 3] accuracy (train, valid, test), NaN after stop
   losses: np.ndarray     # [models, max_epochs + 1] mean training loss per epoch (NaN at 0)
   seconds: float
+  exports: np.ndarray | None = None  # int [models, max_epochs + 1, 3]: where model m's export
+  #   of epoch e is: (export number, padded architecture, row) of on_export's arrays; -1: none
+  schedule: dict | None = None       # `ZooTrainer.schedule()` (the slots and queues)
+  rounds: int = 0                    # epochs of the slots run so far
 
 
-def train(trainer: ZooTrainer, *, state=None, start_epoch: int = 0, stopping=None, curves=None,
-          losses=None, on_export: Callable[[int, jax.Array], None] | None = None,
-          on_epoch: Callable[[int, object], None] | None = None,
+def train(trainer: ZooTrainer, *, resume: TrainResult | None = None,
+          on_export: Callable[[int, tuple], None] | None = None,
+          on_epoch: Callable[[int, TrainResult], None] | None = None,
           progress: bool = False) -> TrainResult:
-  """The host loop: epochs until every model stopped, exporting at every epoch boundary.
+  """The host loop: rounds (one epoch of every slot) until every model stopped.
 
-  on_export(step, weights) receives the initialisation's (step 0) and every epoch's weights
-  (`ZooTrainer.export`'s arrays, one per architecture); on_epoch(epoch, TrainResult so far) is called after each epoch (checkpointing).
-  A run resumes from (state, start_epoch, stopping, curves, losses) of an earlier on_epoch.
-  progress: a tqdm bar over epochs showing the training programs still running, slots busy
-  (models still training, of all the programs' slots), models finished, the step inside the
-  epoch, the mean validation accuracy of the running models and the time left at the epoch cap.
+  A model's epochs are the rounds it spends in a slot; when it stops, its slot takes the next
+  model of its group's queue (`ZooTrainer.refill`), so models of a zoo start at different
+  rounds. A model's result does not depend on when or in which slot it ran.
+  on_export(number, weights) receives `ZooTrainer.export`'s arrays (one per padded
+  architecture) after the initialisation and after every round, numbered 0, 1, …; the result's
+  `exports` says which row of which export holds each model's epoch. on_epoch(round, result so
+  far) is called after each round (checkpointing); `train(resume=that result)` continues it.
+  progress: a tqdm bar over models finished, showing the programs (groups) busy, slots busy,
+  models queued, the round and the step inside it, and the mean validation accuracy of the
+  models training.
   """
   rules = trainer.cfg.rules
   m = trainer.num_models
   t0 = time.time()
+  if resume is None:
+    trainer.reset_slots()
+    stopping = early_stopping.initial_state(m)
+    curves = np.full((m, rules.max_epochs + 1, 3), np.nan)
+    losses = np.full((m, rules.max_epochs + 1), np.nan)
+    exports = np.full((m, rules.max_epochs + 1, 3), -1, np.int64)
+    rounds, saved = 0, 0
+  else:
+    trainer.restore_schedule(resume.schedule)
+    stopping, curves, losses = resume.stopping, resume.curves.copy(), resume.losses.copy()
+    exports, rounds = resume.exports.copy(), resume.rounds
+    saved = int(exports[..., 0].max()) + 1
   bar = None
   if progress:
     from tqdm import tqdm
-    bar = tqdm(total=rules.max_epochs, initial=start_epoch, unit='epoch', dynamic_ncols=True)
+    bar = tqdm(total=m, initial=int((stopping.status != early_stopping.RUNNING).sum()),
+               unit='model', dynamic_ncols=True)
     bar.set_postfix_str(f'compiling {len(trainer.groups)} training programs '
                         f'({len(trainer.archs)} padded architectures)')
+
+  def export(state, models):
+    """Saves the slots' weights; records them as the current epoch of `models`."""
+    nonlocal saved
+    if on_export is not None:
+      on_export(saved, trainer.export(state))
+    for a, rows in enumerate(trainer.export_rows()):
+      for row, pos in enumerate(rows):
+        if pos >= 0 and models[pos]:
+          exports[pos, stopping.epochs[pos]] = (saved, a, row)
+    saved += 1
+
+  def start(state, models):
+    """Evaluates and exports the models just put in slots (their epoch 0)."""
+    acc = trainer.evaluate(state)
+    curves[models, 0] = acc[models]
+    export(state, models)
+
   try:
-    if state is None:
+    if resume is None:
       state = trainer.init_state()
       trainer.warm_up(state)
-      stopping = early_stopping.initial_state(m)
-      curves = np.full((m, rules.max_epochs + 1, 3), np.nan)
-      losses = np.full((m, rules.max_epochs + 1), np.nan)
-      curves[:, 0] = trainer.evaluate(state)
-      if on_export is not None:
-        on_export(0, trainer.export(state))
+      start(state, trainer.in_slots())
     else:
+      state = resume.state
       trainer.warm_up(state)
-    epoch = start_epoch
     status = ''
-    while epoch < rules.max_epochs and (stopping.status == early_stopping.RUNNING).any():
-      epoch += 1
-      active = stopping.status == early_stopping.RUNNING
+    while (stopping.status == early_stopping.RUNNING).any():
+      rounds += 1
+      active = trainer.in_slots() & (stopping.status == early_stopping.RUNNING)
+      epochs = stopping.epochs + 1
       chunks = [0]
       total_chunks = trainer.calls_per_epoch()
 
       def on_chunk():
         chunks[0] += 1
         if bar is not None:
-          bar.set_postfix_str(f'{status}epoch {epoch} {100 * chunks[0] // total_chunks}%')
+          bar.set_postfix_str(f'{status}round {rounds} {100 * chunks[0] // total_chunks}%')
 
-      state, metrics = trainer.run_epoch(state, epoch, active, on_chunk)
+      state, metrics = trainer.run_epoch(state, epochs, active, on_chunk)
       acc = trainer.evaluate(state)
-      curves[active, epoch] = acc[active]
-      losses[active, epoch] = metrics[active, 0] / np.maximum(metrics[active, 2], 1)
-      stopping = early_stopping.update(stopping, acc[:, 1], rules)
-      if on_export is not None:
-        on_export(epoch, trainer.export(state))
+      curves[active, epochs[active]] = acc[active]
+      losses[active, epochs[active]] = metrics[active, 0] / np.maximum(metrics[active, 2], 1)
+      stopping = early_stopping.update(stopping, np.where(active, acc[:, 1], np.nan), rules,
+                                       trained=active)
+      export(state, active)
+      finished = active & (stopping.status != early_stopping.RUNNING)
+      state, entered = trainer.refill(state, finished)
+      if len(entered):
+        start(state, np.isin(np.arange(m), entered))
+      if trainer.cfg.compact:
+        state = trainer.compact(state, stopping.status == early_stopping.RUNNING)
+      result = TrainResult(state, stopping, curves, losses, time.time() - t0, exports,
+                           trainer.schedule(), rounds)
       if on_epoch is not None:
-        on_epoch(epoch, TrainResult(state, stopping, curves, losses, time.time() - t0))
+        on_epoch(rounds, result)
       if bar is not None:
-        done = int((stopping.status != early_stopping.RUNNING).sum())
-        running = stopping.status == early_stopping.RUNNING
-        busy = sum(bool(running[g.members].any()) for g in trainer.groups)
-        status = (f'programs {busy}/{len(trainer.groups)}, slots busy {int(running.sum())}/{m}, '
-                  f'models done {done}/{m}, valid acc {np.mean(acc[active, 1]):.3f} '
-                  f'(best {np.max(acc[active, 1]):.3f}), ')
+        training = trainer.in_slots() & (stopping.status == early_stopping.RUNNING)
+        busy = sum(bool(training[g[g >= 0]].any()) for g in trainer.slot_models)
+        status = (f'programs {busy}/{len(trainer.groups)}, slots busy {int(training.sum())}/'
+                  f'{trainer.num_slots}, queued {trainer.queued()}, ')
+        if active.any():
+          status += f'valid acc {np.mean(acc[active, 1]):.3f}, '
         bar.set_postfix_str(status.rstrip(', '))
-        bar.update(1)
-        if done == m:
-          bar.total = epoch
-          bar.refresh()
+        bar.update(int(finished.sum()))
   finally:
     if bar is not None:
       bar.close()
-  return TrainResult(state, stopping, curves, losses, time.time() - t0)
+  return TrainResult(state, stopping, curves, losses, time.time() - t0, exports,
+                     trainer.schedule(), rounds)

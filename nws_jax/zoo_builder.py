@@ -56,6 +56,8 @@ class ZooConfig:
   steps_per_call: int = 64
   data_dir: str | None = None
   packing: str = 'depth'
+  slots_per_group: int | None = None
+  compact: bool = False
 
   def validate(self) -> None:
     """Raises ValueError with a one-line message for a config that cannot run."""
@@ -75,6 +77,8 @@ class ZooConfig:
     if self.packing not in packing_lib.PACKINGS:
       raise ValueError(f'unknown packing {self.packing!r}; choose from: '
                        + ', '.join(packing_lib.PACKINGS))
+    if self.slots_per_group is not None and self.slots_per_group < 1:
+      raise ValueError(f'slots_per_group must be at least 1, got {self.slots_per_group}')
     if self.steps_per_call < 1:
       raise ValueError(f'steps_per_call must be at least 1, got {self.steps_per_call}')
     if self.num_snapshots < 1:
@@ -148,7 +152,8 @@ def make_trainer(config: ZooConfig, configs: Sequence[space.ModelConfig] | None 
       seed=config.seed,
       rules=early_stopping.StoppingRules(min_epochs=config.min_epochs,
                                          max_epochs=config.max_epochs),
-      conv_impl=config.conv_impl, steps_per_call=config.steps_per_call, packing=config.packing)
+      conv_impl=config.conv_impl, steps_per_call=config.steps_per_call, packing=config.packing,
+      slots_per_group=config.slots_per_group, compact=config.compact)
   sizes = [input_pipeline.balanced_size(d.train_labels) for d in datasets]
   return trainer_lib.ZooTrainer(configs, list(model_ids), data, config.datasets, sizes, cfg)
 
@@ -200,21 +205,25 @@ class _StateCheckpointer:
     tree = {'state': jax.tree.leaves(result.state),
             'stopping': {k: np.asarray(v) for k, v in result.stopping._asdict().items()},
             'curves': result.curves, 'losses': result.losses, 'epoch': np.int64(epoch),
-            'seconds': np.float64(result.seconds)}
+            'seconds': np.float64(result.seconds), 'exports': result.exports,
+            'schedule': {k: np.asarray(v) for k, v in result.schedule.items()}}
     self._manager.save(epoch, args=ocp.args.StandardSave(tree))
 
-  def restore(self, trainer: trainer_lib.ZooTrainer):
+  def restore(self, trainer: trainer_lib.ZooTrainer) -> trainer_lib.TrainResult | None:
+    """The last saved round's result (its state in the trainer's slot layout), or None."""
     step = self._manager.latest_step()
     if step is None:
       return None
-    fresh = trainer.init_state()
-    leaves, treedef = jax.tree.flatten(fresh)
     tree = self._manager.restore(step, args=ocp.args.StandardRestore())
+    schedule = {k: np.asarray(v) for k, v in tree['schedule'].items()}
+    trainer.restore_schedule(schedule)
+    _, treedef = jax.tree.flatten(trainer.init_state())
     state = jax.tree.unflatten(treedef, [jax.numpy.asarray(x) for x in tree['state']])
     stopping = early_stopping.StoppingState(**{k: np.asarray(v)
                                                for k, v in tree['stopping'].items()})
-    return (int(tree['epoch']), state, stopping, np.asarray(tree['curves']),
-            np.asarray(tree['losses']), float(tree['seconds']))
+    return trainer_lib.TrainResult(state, stopping, np.asarray(tree['curves']),
+                                   np.asarray(tree['losses']), float(tree['seconds']),
+                                   np.asarray(tree['exports']), schedule, int(tree['epoch']))
 
   def close(self):
     self._manager.wait_until_finished()
@@ -240,29 +249,24 @@ def build_zoo(config: ZooConfig, workdir: str, *, resume: bool = False, overwrit
                               os.path.join(workdir, zoo_lib.CONFIG_FILE))
   exports = snapshots_lib.ExportWriter(os.path.join(workdir, zoo_lib.EXPORTS_DIR))
   checkpointer = _StateCheckpointer(os.path.join(workdir, zoo_lib.STATE_DIR))
-  kwargs = {}
-  earlier_seconds = 0.0
   restored = checkpointer.restore(trainer) if resuming else None
   if restored is not None:
-    epoch, state, stopping, curves, losses, earlier_seconds = restored
-    exports.delete_after(epoch)
-    kwargs = dict(state=state, start_epoch=epoch, stopping=stopping, curves=curves,
-                  losses=losses)
+    exports.delete_after(int(restored.exports[..., 0].max()))
   elif resuming:
     exports.delete_after(-1)
-  t0 = time.time() - earlier_seconds
+  t0 = time.time() - (restored.seconds if restored is not None else 0.0)
 
-  def checkpoint(epoch, result):
-    # The state of epoch e may only exist once export e is on disk: a resume from it never
-    # re-exports earlier epochs.
+  def checkpoint(rounds, result):
+    # The state of a round may only exist once its exports are on disk: a resume from it never
+    # re-exports earlier rounds.
     exports.wait()
-    checkpointer.save(epoch, result._replace(seconds=time.time() - t0))
+    checkpointer.save(rounds, result._replace(seconds=time.time() - t0))
 
-  result = trainer_lib.train(trainer, on_export=exports.save, on_epoch=checkpoint,
-                             progress=progress, **kwargs)
+  result = trainer_lib.train(trainer, resume=restored, on_export=exports.save,
+                             on_epoch=checkpoint, progress=progress)
   checkpointer.close()
   snaps, numbers = snapshots_lib.gather_snapshots(exports, result.stopping.epochs,
-                                                  trainer.arch_members, config.num_snapshots,
+                                                  result.exports, config.num_snapshots,
                                                   trainer.lengths)
   exports.close()
   table = model_table(trainer, result)

@@ -18,10 +18,10 @@ from nws_jax.meta import train
 
 # Seed 73 draws two models of one layer structure and batch size 64 with different filter
 # sizes and widths, (7, 3, 3, 4, 64) and (5, 3, 3, 8, 192): both run padded to (7, 3, 3, 8, 192)
-# in one program.
+# in one program, through one slot: model 1 starts when model 0 has finished (refill).
 CONFIG = zoo_builder.ZooConfig(num_models=2, seed=73, datasets=('gratings', 'digits'),
-                               architecture='random', max_epochs=1, min_epochs=1, num_train=600,
-                               num_test=100, eval_size=100)
+                               architecture='random', max_epochs=2, min_epochs=1, num_train=600,
+                               num_test=100, eval_size=100, slots_per_group=1)
 
 
 @pytest.fixture(scope='module')
@@ -51,6 +51,7 @@ def test_both_models_run_padded_in_one_program():
   trainer = zoo_builder.make_trainer(CONFIG)
   (group,) = trainer.groups
   assert group.masked and group.arch == cnn.Architecture(7, 3, 3, 8, 192)
+  assert group.num_slots == 1 and [list(x) for x in trainer.slot_models] == [[0]] and trainer.queued() == 1
 
 
 def test_first_snapshot_is_each_models_own_initialisation_in_release_order(built):
@@ -72,3 +73,27 @@ def test_meta_classifiers_train_on_a_mixed_zoo(built):
                             batch_size=8, part='dense', seed=0)
   run = train.fit(config, table, built.snapshots, split, targets)
   assert np.isfinite(run.history['train_loss']).all()
+
+
+def test_a_run_resumed_after_a_refill_equals_the_uninterrupted_one(built, tmp_path,
+                                                                   monkeypatch):
+  # Round 2 ends model 0 (max_epochs=2) and hands its slot to model 1; the crash comes after
+  # that round's checkpoint, so the resume restores the slot, the queue and the export places.
+  workdir = str(tmp_path / 'resumed')
+  save = zoo_builder._StateCheckpointer.save
+
+  def save_then_crash(self, rounds, result):
+    save(self, rounds, result)
+    if rounds == 2:
+      assert [list(x) for x in result.schedule['slot_models'][None]] == [[1]]
+      self.close()
+      raise KeyboardInterrupt('simulated crash after round 2')
+
+  monkeypatch.setattr(zoo_builder._StateCheckpointer, 'save', save_then_crash)
+  with pytest.raises(KeyboardInterrupt):
+    zoo_builder.build_zoo(CONFIG, workdir)
+  monkeypatch.setattr(zoo_builder._StateCheckpointer, 'save', save)
+  resumed = zoo_builder.build_zoo(CONFIG, workdir, resume=True)
+  for i in range(2):
+    np.testing.assert_array_equal(resumed.snapshots[i], built.snapshots[i])
+  np.testing.assert_array_equal(resumed.table.test_accuracy, built.table.test_accuracy)

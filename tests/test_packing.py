@@ -196,7 +196,7 @@ def test_a_padded_zoo_trains_each_model_as_its_own_architecture(tiny_datasets):
     out = []
     for export in exports:
       rows = {}
-      for weights, members in zip(export, trainer.arch_members):
+      for weights, members in zip(export, trainer.export_rows()):
         for row, m in enumerate(members):
           rows[m] = np.asarray(weights[row, :trainer.lengths[m]])
       out.append([rows[m] for m in range(2)])

@@ -139,8 +139,9 @@ class _Epochs:
     self.epoch = 0
 
   def _args(self, state, hyper, epoch):
-    order = trainer_lib._order_program(hyper, epoch, self.trainer.data)
-    return state, hyper, order, self.active, epoch, jnp.int32(0), self.trainer.data
+    epochs = jnp.full(len(self.group.members), epoch, jnp.int32)  # One epoch for every slot.
+    order = trainer_lib._order_program(hyper, epochs, self.trainer.data)
+    return state, hyper, order, self.active, epochs, jnp.int32(0), self.trainer.data
 
   def compile(self):
     """Returns (compiled executable, seconds it took)."""
