@@ -6,10 +6,12 @@ shapes equal (dataset, learning rate, optimizer, activation, initialisation, aug
 is data on that axis. Architectures are packed (`packing`): under the default 'depth' packing
 the models of one layer structure (conv and dense depth) run at the largest filter size and
 widths among them, masked, so a random-architecture zoo has at most 9 padded architectures;
-'conv' pads only dense widths and 'exact' gives each architecture its own. A padded architecture and a batch size make a group,
-one compiled training program, `lax.scan` over `steps_per_call` steps, called a few times per
-epoch by a thin host loop. Initialisation, evaluation and snapshot export run once per padded
-architecture over all of its groups.
+'conv' pads only dense widths and 'exact' gives each architecture its own. A padded
+architecture and a batch size make a group, one compiled training program, `lax.scan` over
+`steps_per_call` steps, called a few times per epoch by a thin host loop. A group trains
+`slots_per_group` models at a time and a model that stops hands its slot to the next of the
+group's queue (`ZooTrainer.refill`). Initialisation, evaluation and snapshot export run once per
+padded architecture over all of its groups.
 
 A model's randomness derives from (seed, model_id) alone, and a model that needs fewer steps
 than its group's longest in an epoch, or has stopped, is masked (its state is left exactly as
@@ -315,7 +317,7 @@ class Group:
   hyper: Hyper              # arrays [Mg, ...]
   max_steps: int            # the longest epoch of a member, in steps
   masked: bool = True       # some member is smaller than `arch` (padded); False: none is
-  num_slots: int = 0        # models trained at once (0: all members)
+  num_slots: int = 0        # models trained at once (set by `ZooTrainer.reset_slots`)
 
 
 class ZooTrainer:
@@ -386,9 +388,6 @@ class ZooTrainer:
     self.weight_counts = [cnn.weight_counts(a) for a in own]
     # Snapshot length per model (its exported rows carry zeros after it).
     self.lengths = np.array([sum(w) for w in self.weight_counts], np.int64)
-    self._member_row = np.zeros(self.num_models, np.int64)  # a model's row in its group.hyper
-    for g in self.groups:
-      self._member_row[g.members] = np.arange(len(g.members))
     self.reset_slots()
 
   @property

@@ -51,7 +51,8 @@ def test_both_models_run_padded_in_one_program():
   trainer = zoo_builder.make_trainer(CONFIG)
   (group,) = trainer.groups
   assert group.masked and group.arch == cnn.Architecture(7, 3, 3, 8, 192)
-  assert group.num_slots == 1 and [list(x) for x in trainer.slot_models] == [[0]] and trainer.queued() == 1
+  assert group.num_slots == 1 and trainer.queued() == 1
+  assert [list(x) for x in trainer.slot_models] == [[0]]
 
 
 def test_first_snapshot_is_each_models_own_initialisation_in_release_order(built):

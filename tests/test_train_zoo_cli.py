@@ -55,6 +55,8 @@ def test_unprepared_tfds_dataset_exits_2_naming_it(tmp_path):
     ('--architecture=tiny', 'architecture'),
     ('--num_models=0', 'num_models'),
     ('--min_epochs=50', 'min_epochs'),
+    ('--packing=tight', 'packing'),
+    ('--slots_per_group=0', 'slots_per_group'),
 ])
 def test_bad_options_exit_2(tmp_path, flag, message):
   result = run_cli(f'--workdir={tmp_path}/zoo', flag)

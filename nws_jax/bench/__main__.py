@@ -8,7 +8,8 @@ measured matmul peak, memory per model), meta (meta-classifiers: one property ag
 one program), io (snapshot saving and its stall, slice reads), release (reading the published
 release format: slices from a warm and a cold page cache, the open checks, memory under an
 address-space limit), packing (a random-architecture zoo padded into few programs against
-exact packing, the fixed zoo and a per-model loop). Prints a table per suite; with --json_out, one JSON line per measurement.
+exact packing, the fixed zoo and a per-model loop). Prints a table per suite; with --json_out,
+one JSON line per measurement.
 Exit code 2 for bad flags.
 """
 
