@@ -41,6 +41,10 @@ flags.DEFINE_integer('slots_per_group', None, 'Models of a training program trai
 flags.DEFINE_bool('compact', False, 'Once a training program\'s queue is empty and at most half '
                   'of its slots are busy, move its models into a program of fewer slots (one '
                   'more compile per size; worth it for long runs).')
+flags.DEFINE_integer('max_programs', None, 'Training programs alive at once: groups run in '
+                     'waves of this many, each wave\'s programs released before the next '
+                     '(default: 16 on a CPU, whose compiled programs use up memory maps; all '
+                     'elsewhere).')
 flags.DEFINE_integer('max_epochs', 8, 'Epoch cap (the study: 1000).')
 flags.DEFINE_integer('min_epochs', 4, 'No early stopping before this epoch (the study: 20).')
 flags.DEFINE_integer('num_train', 3000,
@@ -96,7 +100,8 @@ def main(argv):
       num_train=FLAGS.num_train or None, num_test=FLAGS.num_test,
       eval_size=FLAGS.eval_size or None, num_snapshots=FLAGS.num_snapshots,
       conv_impl=FLAGS.conv_impl, steps_per_call=FLAGS.steps_per_call, data_dir=FLAGS.data_dir,
-      packing=FLAGS.packing, slots_per_group=FLAGS.slots_per_group, compact=FLAGS.compact)
+      packing=FLAGS.packing, slots_per_group=FLAGS.slots_per_group, compact=FLAGS.compact,
+      max_programs=FLAGS.max_programs)
   try:
     config.validate()
     zoo = zoo_builder.build_zoo(config, FLAGS.workdir, resume=FLAGS.resume,

@@ -59,6 +59,8 @@ class TrainConfig:
     model that stopped (None: all of them at once).
   compact: once a group's queue is empty and at most half of its slots are busy, move its
     busy models into a program of fewer slots (a power of two; one more compile per size).
+  max_programs: training programs alive at once: groups run in waves of this many, and a
+    wave's compiled programs are released before the next (None: `default_max_programs`).
   """
   seed: int = 0
   rules: early_stopping.StoppingRules = early_stopping.StoppingRules()
@@ -71,6 +73,7 @@ class TrainConfig:
   packing: str = 'depth'
   slots_per_group: int | None = None
   compact: bool = False
+  max_programs: int | None = None
 
 
 def default_conv_impl() -> str:
@@ -91,6 +94,17 @@ def default_models_per_chunk(backend: str | None = None) -> int:
 
 
 MODELS_PER_CHUNK_CPU = 8
+
+
+def default_max_programs(backend: str | None = None) -> int:
+  """Training programs alive at once. XLA:CPU maps about 1,500 memory regions per compiled
+  training program, and Linux allows a process 65,530 (vm.max_map_count): a random zoo's 36
+  programs crashed compiling (BENCHMARKS.md). Other backends keep every group in one wave."""
+  backend = backend or jax.default_backend()
+  return MAX_PROGRAMS_CPU if backend == 'cpu' else 1 << 30
+
+
+MAX_PROGRAMS_CPU = 16
 
 
 class ModelState(NamedTuple):
@@ -337,6 +351,8 @@ class ZooTrainer:
       raise ValueError('configs and model_ids differ in length')
     if cfg.slots_per_group is not None and cfg.slots_per_group < 1:
       raise ValueError(f'slots_per_group must be at least 1, got {cfg.slots_per_group}')
+    if cfg.max_programs is not None and cfg.max_programs < 1:
+      raise ValueError(f'max_programs must be at least 1, got {cfg.max_programs}')
     self.configs = list(configs)
     self.model_ids = np.asarray(model_ids)
     self.data = data
@@ -385,6 +401,9 @@ class ZooTrainer:
                                int(hyper.steps_per_epoch.max()),
                                masked=any(own[pos] != arch for pos in members),
                                num_slots=min(len(members), cfg.slots_per_group or len(members))))
+    per_wave = cfg.max_programs or default_max_programs()
+    self.wave_of = np.arange(len(self.groups)) // per_wave  # groups run in waves, in order
+    self.archs = sorted({g.arch for g in self.groups}, key=dataclasses.astuple)
     self.weight_counts = [cnn.weight_counts(a) for a in own]
     # Snapshot length per model (its exported rows carry zeros after it).
     self.lengths = np.array([sum(w) for w in self.weight_counts], np.int64)
@@ -398,28 +417,56 @@ class ZooTrainer:
   def num_slots(self) -> int:
     return sum(g.num_slots for g in self.groups)
 
+  @property
+  def num_waves(self) -> int:
+    return int(self.wave_of.max()) + 1
+
+  def open_groups(self) -> list[int]:
+    """Indices of the groups of the current wave."""
+    return [int(i) for i in np.flatnonzero(self.wave_of == self.wave)]
+
   def _compile(self):
     cfg = self.cfg
     chunk = cfg.train_models_per_chunk or default_models_per_chunk()
-    self._train = {id(g): _train_program(g.arch, g.batch_size,
-                                         min(cfg.steps_per_call, g.max_steps), self.conv_impl,
-                                         cfg.augment, min(chunk, g.num_slots), g.masked)
-                   for g in self.groups}
+    open_ = self.open_groups()
+    self._train = {id(self.groups[i]): _train_program(
+        self.groups[i].arch, self.groups[i].batch_size,
+        min(cfg.steps_per_call, self.groups[i].max_steps), self.conv_impl, cfg.augment,
+        min(chunk, self.groups[i].num_slots), self.groups[i].masked) for i in open_}
     # Programs that read every model's parameters (init, evaluation, export) run once per
-    # architecture over all of its groups (batch size does not change parameter shapes).
-    self.archs = sorted({g.arch for g in self.groups}, key=dataclasses.astuple)
-    self._arch_groups = [[i for i, g in enumerate(self.groups) if g.arch == a] for a in self.archs]
+    # padded architecture over its open groups (batch size does not change parameter shapes).
+    self._arch_groups = [idx for idx in ([i for i in open_ if self.groups[i].arch == a]
+                                         for a in self.archs) if idx]
     slots = [sum(self.groups[i].num_slots for i in idx) for idx in self._arch_groups]
-    self._init = [_init_program(a) for a in self.archs]
+    archs = [self.groups[idx[0]].arch for idx in self._arch_groups]
+    self._init = [_init_program(a) for a in archs]
     self._eval_all = [_eval_program(a, cfg.eval_batch_size, self.conv_impl,
                                     min(cfg.eval_models_per_chunk, n))
-                      for a, n in zip(self.archs, slots)]
-    self._flatten_all = [_flatten_program(a) for a in self.archs]
+                      for a, n in zip(archs, slots)]
+    self._flatten_all = [_flatten_program(a) for a in archs]
+
+  def next_wave(self, state: list[ModelState]) -> list[ModelState]:
+    """Closes the current wave (its states dropped, every compiled program released: XLA frees
+    their memory maps) and opens the next; returns the state with the new wave's models
+    initialised. The models of the closed wave must have stopped."""
+    if self.wave + 1 >= self.num_waves:
+      raise ValueError('no wave left')
+    state = [None] * len(self.groups)
+    self._train = {}
+    for program in (_train_program, _init_program, _refill_program, _eval_program,
+                    _flatten_program):
+      program.cache_clear()
+    jax.clear_caches()
+    self.wave += 1
+    self._compile()
+    return self.init_state()
 
   # --- Slots and the queue -------------------------------------------------------------------
 
   def reset_slots(self) -> None:
-    """Puts each group's first `num_slots` members in its slots; the others queue."""
+    """Opens the first wave; puts each group's first `num_slots` members in its slots, the
+    others queue."""
+    self.wave = 0
     for g in self.groups:
       g.num_slots = min(len(g.members), self.cfg.slots_per_group or len(g.members))
     self._compile()
@@ -436,7 +483,8 @@ class ZooTrainer:
     return {'slot_models': np.concatenate(self.slot_models),
             'slot_rows': np.concatenate(self._slot_rows),
             'queued': np.asarray(self._queued, np.int64),
-            'num_slots': np.asarray([g.num_slots for g in self.groups], np.int64)}
+            'num_slots': np.asarray([g.num_slots for g in self.groups], np.int64),
+            'wave': np.int64(self.wave)}
 
   def restore_schedule(self, schedule: dict) -> None:
     """Puts back what `schedule` returned."""
@@ -445,6 +493,7 @@ class ZooTrainer:
       raise ValueError('the saved schedule does not match this zoo\'s groups')
     for g, n in zip(self.groups, num_slots):
       g.num_slots = int(n)
+    self.wave = int(schedule['wave'])
     self._compile()
     bounds = np.cumsum([0] + [g.num_slots for g in self.groups])
     models, rows = np.asarray(schedule['slot_models']), np.asarray(schedule['slot_rows'])
@@ -456,15 +505,17 @@ class ZooTrainer:
     self._slot_hyper = [self._gather_hyper(i) for i in range(len(self.groups))]
 
   def in_slots(self) -> np.ndarray:
-    """bool [models]: the models now in a slot."""
+    """bool [models]: the models now in a slot of the current wave."""
     out = np.zeros(self.num_models, bool)
-    for models in self.slot_models:
+    for i in self.open_groups():
+      models = self.slot_models[i]
       out[models[models >= 0]] = True
     return out
 
   def queued(self) -> int:
-    """Models still waiting for a slot."""
-    return sum(len(g.members) - q for g, q in zip(self.groups, self._queued))
+    """Models still waiting for a slot (in this wave's queues or in later waves)."""
+    later = sum(len(g.members) for g, w in zip(self.groups, self.wave_of) if w > self.wave)
+    return later + sum(len(self.groups[i].members) - self._queued[i] for i in self.open_groups())
 
   def refill(self, state: list[ModelState], stopped: np.ndarray):
     """Hands each slot whose model has stopped (stopped [models] bool) to the next member of
@@ -473,7 +524,8 @@ class ZooTrainer:
     that entered a slot)."""
     entered = []
     state = list(state)
-    for i, g in enumerate(self.groups):
+    for i in self.open_groups():
+      g = self.groups[i]
       models = self.slot_models[i]
       fresh = np.zeros(g.num_slots, bool)
       for slot in np.flatnonzero((models >= 0) & stopped[np.maximum(models, 0)]):
@@ -495,7 +547,8 @@ class ZooTrainer:
     their order. Returns the state in the new slot layout (unchanged groups as they were)."""
     state = list(state)
     changed = False
-    for i, g in enumerate(self.groups):
+    for i in self.open_groups():
+      g = self.groups[i]
       models = self.slot_models[i]
       busy = np.flatnonzero((models >= 0) & running[np.maximum(models, 0)])
       if self._queued[i] < len(g.members) or g.num_slots == 1 or 2 * len(busy) > g.num_slots:
@@ -518,8 +571,8 @@ class ZooTrainer:
   # --- Programs ------------------------------------------------------------------------------
 
   def init_state(self) -> list[ModelState]:
-    """Fresh states of the models in the slots, one `ModelState` per group (one compiled
-    program per architecture)."""
+    """Fresh states of the models in the slots, one `ModelState` per group of the current
+    wave, None for the others (one compiled program per padded architecture)."""
     state = [None] * len(self.groups)
     for init, idx in zip(self._init, self._arch_groups):
       for i, s in zip(idx, init([self._slot_hyper[i] for i in idx])):
@@ -539,14 +592,15 @@ class ZooTrainer:
                             jnp.ones(n, bool), jnp.ones(n, jnp.int32), jnp.int32(0), self.data)
       lowered.compile()  # Fills JAX's compilation cache; later calls of `train` hit it.
 
+    open_ = self.open_groups()
     with concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
-      list(pool.map(lambda a: compile_group(*a), zip(range(len(self.groups)), self.groups,
-                                                      state)))
+      list(pool.map(lambda i: compile_group(i, self.groups[i], state[i]), open_))
     return time.time() - t0
 
   def calls_per_epoch(self) -> int:
-    """Compiled training calls in one epoch, over all groups (what `on_chunk` counts)."""
-    return sum(-(-g.max_steps // self._train[id(g)][0]) for g in self.groups)
+    """Compiled training calls in one epoch, over the wave's groups (what `on_chunk` counts)."""
+    return sum(-(-self.groups[i].max_steps // self._train[id(self.groups[i])][0])
+               for i in self.open_groups())
 
   def run_epoch(self, state: list[ModelState], epoch, active: np.ndarray,
                 on_chunk: Callable[[], None] | None = None):
@@ -557,13 +611,13 @@ class ZooTrainer:
     for models not trained).
     """
     epochs = np.broadcast_to(np.asarray(epoch, np.int64), (self.num_models,))
-    new_state, metrics = [], np.zeros((self.num_models, 3))
-    for i, (g, s) in enumerate(zip(self.groups, state)):
+    new_state, metrics = list(state), np.zeros((self.num_models, 3))
+    for i in self.open_groups():
+      g, s = self.groups[i], state[i]
       models = self.slot_models[i]
       live = models >= 0
       if not (live & active[np.maximum(models, 0)]).any():
-        new_state.append(s)  # Every slot idle: nothing to run.
-        continue
+        continue  # Every slot idle: nothing to run.
       num_steps, train = self._train[id(g)]
       hyper = self._slot_hyper[i]
       ep = jnp.asarray(np.where(live, epochs[np.maximum(models, 0)], 1).astype(np.int32))
@@ -577,7 +631,7 @@ class ZooTrainer:
           on_chunk()
       summed = np.sum([np.stack([np.asarray(x) for x in m], axis=1) for m in sums], axis=0)
       metrics[models[live]] = summed[live]
-      new_state.append(s)
+      new_state[i] = s
     return new_state, metrics
 
   def evaluate(self, state: list[ModelState]) -> np.ndarray:
@@ -593,14 +647,14 @@ class ZooTrainer:
 
   def export(self, state: list[ModelState]) -> tuple[jax.Array, ...]:
     """Snapshot vectors of the models in the slots, one float32 [slots of arch a, n_a] array per
-    padded architecture a of `self.archs`; row j holds the model at zoo position
+    padded architecture a of the current wave; row j holds the model at zoo position
     m = `self.export_rows()[a][j]` (none if -1), its own vector in its first `self.lengths[m]`
     entries."""
     return tuple(flatten([state[i] for i in idx], [self._slot_hyper[i] for i in idx])
                  for flatten, idx in zip(self._flatten_all, self._arch_groups))
 
   def export_rows(self) -> list[np.ndarray]:
-    """Per padded architecture, the zoo positions of `export`'s rows now (-1: empty slot)."""
+    """Per array of `export`, the zoo positions of its rows now (-1: empty slot)."""
     return [np.concatenate([self.slot_models[i] for i in idx]) for idx in self._arch_groups]
 
 
@@ -629,9 +683,11 @@ def train(trainer: ZooTrainer, *, resume: TrainResult | None = None,
   architecture) after the initialisation and after every round, numbered 0, 1, …; the result's
   `exports` says which row of which export holds each model's epoch. on_epoch(round, result so
   far) is called after each round (checkpointing); `train(resume=that result)` continues it.
-  progress: a tqdm bar over models finished, showing the programs (groups) busy, slots busy,
-  models queued, the round and the step inside it, and the mean validation accuracy of the
-  models training.
+  progress: a tqdm bar over models finished, showing the wave, the programs (groups) of the
+  wave busy, slots busy, models queued, the round and the step inside it, and the mean
+  validation accuracy of the models training. Groups run in waves of at most
+  `TrainConfig.max_programs` programs; a wave whose models have all stopped gives way to the
+  next (`ZooTrainer.next_wave`).
   """
   rules = trainer.cfg.rules
   m = trainer.num_models
@@ -707,15 +763,23 @@ def train(trainer: ZooTrainer, *, resume: TrainResult | None = None,
         start(state, np.isin(np.arange(m), entered))
       if trainer.cfg.compact:
         state = trainer.compact(state, stopping.status == early_stopping.RUNNING)
+      running = stopping.status == early_stopping.RUNNING
+      if running.any() and not (running & trainer.in_slots()).any():
+        state = trainer.next_wave(state)  # This wave is done: release it, start the next.
+        trainer.warm_up(state)
+        start(state, trainer.in_slots())
       result = TrainResult(state, stopping, curves, losses, time.time() - t0, exports,
                            trainer.schedule(), rounds)
       if on_epoch is not None:
         on_epoch(rounds, result)
       if bar is not None:
         training = trainer.in_slots() & (stopping.status == early_stopping.RUNNING)
-        busy = sum(bool(training[g[g >= 0]].any()) for g in trainer.slot_models)
-        status = (f'programs {busy}/{len(trainer.groups)}, slots busy {int(training.sum())}/'
-                  f'{trainer.num_slots}, queued {trainer.queued()}, ')
+        busy = sum(bool(training[trainer.slot_models[i][trainer.slot_models[i] >= 0]].any())
+                   for i in trainer.open_groups())
+        slots = sum(trainer.groups[i].num_slots for i in trainer.open_groups())
+        status = (f'wave {trainer.wave + 1}/{trainer.num_waves}, programs {busy}/'
+                  f'{len(trainer.open_groups())}, slots busy {int(training.sum())}/{slots}, '
+                  f'queued {trainer.queued()}, ')
         if active.any():
           status += f'valid acc {np.mean(acc[active, 1]):.3f}, '
         bar.set_postfix_str(status.rstrip(', '))

@@ -58,6 +58,7 @@ class ZooConfig:
   packing: str = 'depth'
   slots_per_group: int | None = None
   compact: bool = False
+  max_programs: int | None = None
 
   def validate(self) -> None:
     """Raises ValueError with a one-line message for a config that cannot run."""
@@ -79,6 +80,8 @@ class ZooConfig:
                        + ', '.join(packing_lib.PACKINGS))
     if self.slots_per_group is not None and self.slots_per_group < 1:
       raise ValueError(f'slots_per_group must be at least 1, got {self.slots_per_group}')
+    if self.max_programs is not None and self.max_programs < 1:
+      raise ValueError(f'max_programs must be at least 1, got {self.max_programs}')
     if self.steps_per_call < 1:
       raise ValueError(f'steps_per_call must be at least 1, got {self.steps_per_call}')
     if self.num_snapshots < 1:
@@ -153,7 +156,8 @@ def make_trainer(config: ZooConfig, configs: Sequence[space.ModelConfig] | None 
       rules=early_stopping.StoppingRules(min_epochs=config.min_epochs,
                                          max_epochs=config.max_epochs),
       conv_impl=config.conv_impl, steps_per_call=config.steps_per_call, packing=config.packing,
-      slots_per_group=config.slots_per_group, compact=config.compact)
+      slots_per_group=config.slots_per_group, compact=config.compact,
+      max_programs=config.max_programs)
   sizes = [input_pipeline.balanced_size(d.train_labels) for d in datasets]
   return trainer_lib.ZooTrainer(configs, list(model_ids), data, config.datasets, sizes, cfg)
 

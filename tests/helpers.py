@@ -28,3 +28,25 @@ def positive(row, *fields):
   for field in fields:
     value = row[field]
     assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (field, row)
+
+
+def build_crashing_after(config, workdir, rounds, check=None):
+  """Runs `build_zoo(config, workdir)` until its checkpoint of round `rounds` is saved, then
+  crashes it (KeyboardInterrupt, caught here), as a preempted run would stop; check(result),
+  when given, sees that round's result."""
+  import pytest
+  from nws_jax import zoo_builder
+  save = zoo_builder._StateCheckpointer.save
+
+  def save_then_crash(self, done, result):
+    save(self, done, result)
+    if done == rounds:
+      if check is not None:
+        check(result)
+      self.close()
+      raise KeyboardInterrupt(f'simulated crash after round {rounds}')
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(zoo_builder._StateCheckpointer, 'save', save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+      zoo_builder.build_zoo(config, workdir)

@@ -15,6 +15,7 @@ from nws_jax import zoo_builder
 from nws_jax.meta import split as split_lib
 from nws_jax.meta import targets as targets_lib
 from nws_jax.meta import train
+from helpers import build_crashing_after
 
 # Seed 73 draws two models of one layer structure and batch size 64 with different filter
 # sizes and widths, (7, 3, 3, 4, 64) and (5, 3, 3, 8, 192): both run padded to (7, 3, 3, 8, 192)
@@ -76,24 +77,15 @@ def test_meta_classifiers_train_on_a_mixed_zoo(built):
   assert np.isfinite(run.history['train_loss']).all()
 
 
-def test_a_run_resumed_after_a_refill_equals_the_uninterrupted_one(built, tmp_path,
-                                                                   monkeypatch):
+def test_a_run_resumed_after_a_refill_equals_the_uninterrupted_one(built, tmp_path):
   # Round 2 ends model 0 (max_epochs=2) and hands its slot to model 1; the crash comes after
   # that round's checkpoint, so the resume restores the slot, the queue and the export places.
   workdir = str(tmp_path / 'resumed')
-  save = zoo_builder._StateCheckpointer.save
 
-  def save_then_crash(self, rounds, result):
-    save(self, rounds, result)
-    if rounds == 2:
-      assert [list(x) for x in result.schedule['slot_models'][None]] == [[1]]
-      self.close()
-      raise KeyboardInterrupt('simulated crash after round 2')
+  def check(result):
+    assert list(result.schedule['slot_models']) == [1]
 
-  monkeypatch.setattr(zoo_builder._StateCheckpointer, 'save', save_then_crash)
-  with pytest.raises(KeyboardInterrupt):
-    zoo_builder.build_zoo(CONFIG, workdir)
-  monkeypatch.setattr(zoo_builder._StateCheckpointer, 'save', save)
+  build_crashing_after(CONFIG, workdir, 2, check)
   resumed = zoo_builder.build_zoo(CONFIG, workdir, resume=True)
   for i in range(2):
     np.testing.assert_array_equal(resumed.snapshots[i], built.snapshots[i])

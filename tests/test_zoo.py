@@ -12,6 +12,7 @@ from nws_jax import snapshots
 from nws_jax import space
 from nws_jax import zoo as zoo_lib
 from nws_jax import zoo_builder
+from helpers import build_crashing_after
 
 CONFIG = zoo_builder.ZooConfig(num_models=2, seed=0, datasets=('gratings', 'digits'),
                                max_epochs=3, min_epochs=1, num_train=600, num_test=100)
@@ -84,20 +85,9 @@ def test_same_seed_and_flags_give_the_same_zoo(built, tmp_path):
                                 built.table.drop(columns='seconds'))
 
 
-def test_resumed_zoo_equals_uninterrupted_zoo(built, tmp_path, monkeypatch):
+def test_resumed_zoo_equals_uninterrupted_zoo(built, tmp_path):
   workdir = str(tmp_path / 'resumed')
-  save = zoo_builder._StateCheckpointer.save
-
-  def save_then_crash(self, epoch, result):
-    save(self, epoch, result)
-    if epoch == 2:
-      self.close()
-      raise KeyboardInterrupt('simulated crash after epoch 2')
-
-  monkeypatch.setattr(zoo_builder._StateCheckpointer, 'save', save_then_crash)
-  with pytest.raises(KeyboardInterrupt):
-    zoo_builder.build_zoo(CONFIG, workdir)
-  monkeypatch.setattr(zoo_builder._StateCheckpointer, 'save', save)
+  build_crashing_after(CONFIG, workdir, 2)
   with pytest.raises(zoo_builder.WorkdirError, match='not empty'):
     zoo_builder.build_zoo(CONFIG, workdir)
   resumed = zoo_builder.build_zoo(CONFIG, workdir, resume=True)

@@ -7,7 +7,7 @@ architecture (init, evaluation, export), and the arithmetic of one epoch (analyt
 architecture minus own, per model-step), and work on masked steps (a model whose epoch is
 shorter than its group's longest still runs the group's steps, masked). `measure` builds the
 zoo's trainer, compiles its training programs (concurrently, `ZooTrainer.warm_up`) and times one
-epoch after that: model-steps per second count the models' own steps only.
+epoch after that, wave by wave: model-steps per second count the models' own steps only.
 """
 
 from __future__ import annotations
@@ -60,20 +60,27 @@ def plan(trainer: trainer_lib.ZooTrainer) -> dict:
   return dict(models=trainer.num_models, architectures=len({c.architecture
                                                             for c in trainer.configs}),
               training_programs=len(trainer.groups), padded_architectures=len(trainer.archs),
+              waves=trainer.num_waves,
               model_steps_per_epoch=steps, epoch_tflop=total / 1e12,
               wasted_on_padding=padding / total, wasted_on_masked_steps=masked / total)
 
 
 def measure(trainer: trainer_lib.ZooTrainer) -> dict:
-  """Compile seconds of the training programs, then one timed epoch."""
+  """Compile seconds of the training programs, then one timed epoch of every model, wave by
+  wave (`ZooTrainer.next_wave` between them, untimed)."""
   state = trainer.init_state()
-  compile_s = trainer.warm_up(state)
-  t0 = time.perf_counter()
-  state, metrics = trainer.run_epoch(state, 1, np.ones(trainer.num_models, bool))
-  jax.block_until_ready(state)
-  epoch_s = time.perf_counter() - t0
-  return dict(compile_s=compile_s, epoch_s=epoch_s,
-              model_steps_per_s=float(metrics[:, 2].sum()) / epoch_s)
+  compile_s = epoch_s = steps = 0.0
+  while True:
+    compile_s += trainer.warm_up(state)
+    t0 = time.perf_counter()
+    state, metrics = trainer.run_epoch(state, 1, np.ones(trainer.num_models, bool))
+    jax.block_until_ready(state)
+    epoch_s += time.perf_counter() - t0
+    steps += float(metrics[:, 2].sum())
+    if trainer.wave + 1 == trainer.num_waves:
+      break
+    state = trainer.next_wave(state)
+  return dict(compile_s=compile_s, epoch_s=epoch_s, model_steps_per_s=steps / epoch_s)
 
 
 def _row(config: common.BenchConfig, variant: str, **fields) -> dict:
