@@ -399,8 +399,7 @@ class ZooTrainer:
       hyper = _stack_trees(hyper)
       self.groups.append(Group(arch, batch_size, np.asarray(members), hyper,
                                int(hyper.steps_per_epoch.max()),
-                               masked=any(own[pos] != arch for pos in members),
-                               num_slots=min(len(members), cfg.slots_per_group or len(members))))
+                               masked=any(own[pos] != arch for pos in members)))
     per_wave = cfg.max_programs or default_max_programs()
     self.wave_of = np.arange(len(self.groups)) // per_wave  # groups run in waves, in order
     self.archs = sorted({g.arch for g in self.groups}, key=dataclasses.astuple)
@@ -412,10 +411,6 @@ class ZooTrainer:
   @property
   def num_models(self) -> int:
     return len(self.configs)
-
-  @property
-  def num_slots(self) -> int:
-    return sum(g.num_slots for g in self.groups)
 
   @property
   def num_waves(self) -> int:
@@ -616,13 +611,14 @@ class ZooTrainer:
       g, s = self.groups[i], state[i]
       models = self.slot_models[i]
       live = models >= 0
-      if not (live & active[np.maximum(models, 0)]).any():
+      busy = live & active[np.maximum(models, 0)]
+      if not busy.any():
         continue  # Every slot idle: nothing to run.
       num_steps, train = self._train[id(g)]
       hyper = self._slot_hyper[i]
       ep = jnp.asarray(np.where(live, epochs[np.maximum(models, 0)], 1).astype(np.int32))
       order = _order_program(hyper, ep, self.data)
-      act = jnp.asarray(live & active[np.maximum(models, 0)])
+      act = jnp.asarray(busy)
       sums = []
       for start in range(0, g.max_steps, num_steps):
         s, m = train(s, hyper, order, act, ep, jnp.int32(start), self.data)
