@@ -8,6 +8,10 @@ after `patience_same` (30) consecutive epochs of unchanged accuracy. Training al
 "below its running value" count is cumulative (the protocol calls only the other two
 consecutive); the comparison is against the smoothed value before this epoch enters it.
 
+A model whose loss or weights turned non-finite during an epoch (the trainer freezes it at its
+last finite state) stops with status DIVERGED at that epoch: `update(..., diverged=)`. Its
+epochs count the epoch it diverged in (trained in part), and no later update changes it.
+
 All functions are pure numpy/jax-agnostic array code over [models] arrays.
 """
 
@@ -18,8 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-RUNNING, EARLY_STOPPED, EPOCH_CAP = 0, 1, 2
-STATUS_NAMES = ('running', 'early_stopped', 'epoch_cap')
+RUNNING, EARLY_STOPPED, EPOCH_CAP, DIVERGED = 0, 1, 2, 3
+STATUS_NAMES = ('running', 'early_stopped', 'epoch_cap', 'diverged')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +50,7 @@ class StoppingState(NamedTuple):
   n_fall: np.ndarray     # int, consecutive epochs of falling accuracy
   n_below: np.ndarray    # int, epochs with accuracy below the smoothed value
   n_same: np.ndarray     # int, consecutive epochs of unchanged accuracy
-  status: np.ndarray     # int, RUNNING / EARLY_STOPPED / EPOCH_CAP
+  status: np.ndarray     # int, RUNNING / EARLY_STOPPED / EPOCH_CAP / DIVERGED
   epochs: np.ndarray     # int, epochs trained
 
 
@@ -58,11 +62,14 @@ def initial_state(num_models: int) -> StoppingState:
 
 
 def update(state: StoppingState, valid_accuracy: np.ndarray, rules: StoppingRules,
-           trained: np.ndarray | None = None) -> StoppingState:
+           trained: np.ndarray | None = None,
+           diverged: np.ndarray | None = None) -> StoppingState:
   """Takes one finished epoch's validation accuracies [models] (fractions).
 
   Models already stopped, and those with trained[model] False (waiting for a slot), are left
   exactly as they were; `epochs` counts the epochs each running model has now trained.
+  diverged[model] True (a running model that diverged in this epoch) stops it with status
+  DIVERGED, whatever the rules say; its counters are updated as for any epoch.
   """
   acc = np.asarray(valid_accuracy, np.float64)
   running = state.status == RUNNING
@@ -81,5 +88,7 @@ def update(state: StoppingState, valid_accuracy: np.ndarray, rules: StoppingRule
   stop = judged & ((n_fall >= rules.patience_fall) | (n_below >= rules.patience_below)
                    | (n_same >= rules.patience_same))
   status = np.where(stop, EARLY_STOPPED, np.where(epochs >= rules.max_epochs, EPOCH_CAP, RUNNING))
+  if diverged is not None:
+    status = np.where(diverged, DIVERGED, status)
   new = StoppingState(acc, smoothed, n_fall, n_below, n_same, status, epochs)
   return StoppingState(*(np.where(running, n, o) for n, o in zip(new, state)))

@@ -4,11 +4,16 @@ r"""Trains a zoo of NWS CNNs in one vectorised program and saves its snapshots.
 
 Each model draws its training variations (PROTOCOL §1) from the seed; all train together; the
 workdir gets config.json, models.csv, curves.csv and the Orbax snapshots ([20, n] per model).
-Exit code 2 for bad flags, an unknown or unprepared dataset, or a workdir that is not empty
-(unless --resume or --overwrite).
+The models are sharded over every device; with --coordinator_address (or --multihost on a TPU
+pod) several processes train one zoo. The training state is checkpointed every
+--checkpoint_every epochs and on SIGTERM (exit code 143 then); `--workdir=DIR --resume`
+continues with the flags saved in DIR. Exit code 2 for bad flags, an unknown or unprepared
+dataset, a workdir that is not empty (unless --resume or --overwrite) or a checkpoint that
+cannot be read.
 """
 
-import functools
+import signal
+import sys
 
 from absl import app
 from absl import flags
@@ -59,12 +64,19 @@ flags.DEFINE_enum('conv_impl', 'auto', ['auto', 'im2col', 'lax'],
                   'Convolution formulation; auto picks the measured best for the backend.')
 flags.DEFINE_integer('steps_per_call', 64, 'Training steps per compiled call.')
 flags.DEFINE_string('data_dir', None, 'TFDS data directory of prepared datasets.')
-flags.DEFINE_bool('resume', False, 'Continue the zoo in a non-empty workdir from its last epoch.')
+flags.DEFINE_bool('resume', False, 'Continue the zoo in --workdir from its last checkpoint, with '
+                  'the flags it was started with (other zoo flags must be left out or equal).')
+flags.DEFINE_integer('checkpoint_every', 1, 'Epochs (rounds) between checkpoints of the whole '
+                     'training state; a SIGTERM checkpoints the epoch under way too.')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, to train one zoo with '
+                    'several processes (each needs --num_processes and --process_id; the '
+                    'workdir must be on a filesystem all of them see).')
+flags.DEFINE_integer('num_processes', None, 'Processes of a multi-process run.')
+flags.DEFINE_integer('process_id', None, 'This process\'s index in [0, --num_processes).')
+flags.DEFINE_bool('multihost', False, 'Join the processes of a cluster that JAX detects by '
+                  'itself (a TPU pod, SLURM) with jax.distributed.initialize().')
 flags.DEFINE_bool('overwrite', False, 'Delete a non-empty workdir and start again.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
-
-
-_fail = functools.partial(cli.fail, 'train_zoo')
 
 
 def summary(zoo) -> str:
@@ -89,29 +101,68 @@ def summary(zoo) -> str:
   return '\n'.join(lines)
 
 
+# Flags that say what zoo is built (ZooConfig's fields), and how each becomes a field value.
+_ZOO_FLAGS = {
+    'num_models': None, 'seed': None, 'datasets': tuple, 'architecture': None,
+    'max_epochs': None, 'min_epochs': None, 'num_train': lambda v: v or None,
+    'num_test': None, 'eval_size': lambda v: v or None, 'num_snapshots': None,
+    'conv_impl': None, 'steps_per_call': None, 'data_dir': None, 'packing': None,
+    'slots_per_group': None, 'compact': None, 'max_programs': None}
+
+
+def _config_from_flags():
+  from nws_jax import zoo_builder
+  return zoo_builder.ZooConfig(**{name: (convert or (lambda v: v))(FLAGS[name].value)
+                                  for name, convert in _ZOO_FLAGS.items()})
+
+
+def _config_to_resume():
+  """The workdir's saved config; a zoo flag given on the command line must agree with it."""
+  from nws_jax import zoo_builder
+  saved = zoo_builder.load_config(FLAGS.workdir)
+  given = _config_from_flags()
+  for name in _ZOO_FLAGS:
+    if FLAGS[name].present and getattr(given, name) != getattr(saved, name):
+      raise zoo_builder.WorkdirError(
+          f'cannot resume {FLAGS.workdir} with --{name}={FLAGS[name].value}: it was started with '
+          f'{name}={getattr(saved, name)} (leave the flag out)')
+  return saved
+
+
 def main(argv):
   cli.begin('train_zoo', argv, required=('workdir',))
   # Imported here so that --help and flag errors stay fast.
+  from nws_jax import distributed
   from nws_jax import zoo_builder
 
-  config = zoo_builder.ZooConfig(
-      num_models=FLAGS.num_models, seed=FLAGS.seed, datasets=tuple(FLAGS.datasets),
-      architecture=FLAGS.architecture, max_epochs=FLAGS.max_epochs, min_epochs=FLAGS.min_epochs,
-      num_train=FLAGS.num_train or None, num_test=FLAGS.num_test,
-      eval_size=FLAGS.eval_size or None, num_snapshots=FLAGS.num_snapshots,
-      conv_impl=FLAGS.conv_impl, steps_per_call=FLAGS.steps_per_call, data_dir=FLAGS.data_dir,
-      packing=FLAGS.packing, slots_per_group=FLAGS.slots_per_group, compact=FLAGS.compact,
-      max_programs=FLAGS.max_programs)
+  def fail(message):
+    print(f'train_zoo: error: {message}', file=sys.stderr)
+    distributed.exit_now(2)
+
   try:
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                           auto=FLAGS.multihost)
+    if FLAGS.resume and not FLAGS.overwrite:
+      config = _config_to_resume()
+    else:
+      config = _config_from_flags()
     config.validate()
     zoo = zoo_builder.build_zoo(config, FLAGS.workdir, resume=FLAGS.resume,
-                                overwrite=FLAGS.overwrite, progress=FLAGS.progress)
+                                overwrite=FLAGS.overwrite, progress=FLAGS.progress,
+                                checkpoint_every=FLAGS.checkpoint_every)
   except (ValueError, zoo_builder.WorkdirError) as e:
-    _fail(str(e))
-  logging.info('zoo written to %s', FLAGS.workdir)
-  print(summary(zoo))
-  print(f'snapshots of {zoo.num_models} models ({zoo.snapshots.num_snapshots} each, '
-        f'{int(zoo.snapshots.lengths.max())} weights) float32 in {FLAGS.workdir}')
+    fail(str(e))
+  except OSError as e:  # A full disk or a permission error while saving.
+    fail(f'cannot write in {FLAGS.workdir}: {e}; its last checkpoint is intact, continue with '
+         '--resume once this is fixed')
+  except zoo_builder.Preempted as e:
+    print(f'train_zoo: {e}', file=sys.stderr)
+    distributed.exit_now(128 + signal.SIGTERM)
+  if distributed.is_primary():
+    logging.info('zoo written to %s', FLAGS.workdir)
+    print(summary(zoo))
+    print(f'snapshots of {zoo.num_models} models ({zoo.snapshots.num_snapshots} each, '
+          f'{int(zoo.snapshots.lengths.max())} weights) float32 in {FLAGS.workdir}')
 
 
 if __name__ == '__main__':

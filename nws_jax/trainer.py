@@ -37,6 +37,7 @@ from nws_jax import early_stopping
 from nws_jax import input_pipeline
 from nws_jax import optim
 from nws_jax import packing as packing_lib
+from nws_jax import sharding
 from nws_jax import space
 
 
@@ -160,8 +161,13 @@ def train_steps(state: ModelState, hp: Hyper, order: jax.Array, active: jax.Arra
 
   order: int32 [N] from `epoch_order`; active: bool, False for a stopped model. Steps at or past
   the model's `steps_per_epoch`, and every step of an inactive model, leave its state unchanged.
+  A step whose loss or new state (parameters, batch-norm statistics, optimizer state) is not
+  all finite is not applied, and the model trains no further in this call: it stays frozen at
+  its last finite state (diverged; the caller keeps it inactive afterwards).
   Returns (state, metrics) with metrics = (summed batch-mean loss, correct predictions, live
-  steps), float32 scalars, measured on the training batches as trained (augmented, dropout).
+  steps, diverged), float32 scalars, the first three over the applied steps, measured on the
+  training batches as trained (augmented, dropout); diverged is 1.0 if the model diverged in
+  this call, else 0.0.
   `arch` is the group's padded architecture: gradients outside the model's own weights
   (hp.layout) are masked to zero, so padding stays zero. masked=False (a group whose models
   all have architecture `arch`) runs `cnn.apply` unmasked, the same model with less arithmetic.
@@ -170,9 +176,9 @@ def train_steps(state: ModelState, hp: Hyper, order: jax.Array, active: jax.Arra
   masks = packing_lib.param_masks(hp.layout, arch) if masked else None
 
   def one_step(carry, i):
-    state, loss_sum, correct, seen = carry
+    state, ok, loss_sum, correct, seen = carry
     step = start_step + i
-    live = active & (step < hp.steps_per_epoch)
+    live = active & (step < hp.steps_per_epoch) & ok
     rows = jax.lax.dynamic_slice(order, (step * batch_size,), (batch_size,))
     images = data.train_images[hp.dataset, rows].astype(jnp.float32) / 255.0
     labels = data.train_labels[hp.dataset, rows]
@@ -194,15 +200,22 @@ def train_steps(state: ModelState, hp: Hyper, order: jax.Array, active: jax.Arra
       grads = jax.tree.map(jnp.multiply, grads, masks)
     new_params, new_opt = optim.update(grads, state.opt, state.params, hp.optimizer, hp.lrate)
     new_state = ModelState(new_params, new_stats, new_opt)
-    state = jax.tree.map(lambda n, o: jnp.where(live, n, o), new_state, state)
+    finite = jnp.isfinite(loss)
+    for leaf in jax.tree.leaves(new_state):
+      finite = finite & jnp.isfinite(leaf).all()
+    applied = live & finite
+    state = jax.tree.map(lambda n, o: jnp.where(applied, n, o), new_state, state)
     hits = (jnp.argmax(logits, axis=-1) == labels).sum()
-    live_f = live.astype(jnp.float32)
-    return (state, loss_sum + live_f * loss, correct + live_f * hits, seen + live_f), None
+    # Selects, not products: a skipped step's loss may be NaN or inf.
+    zero = jnp.zeros((), jnp.float32)
+    return (state, ok & ~(live & ~finite), loss_sum + jnp.where(applied, loss, zero),
+            correct + jnp.where(applied, hits.astype(jnp.float32), zero),
+            seen + applied.astype(jnp.float32)), None
 
   zero = jnp.zeros((), jnp.float32)
-  (state, loss_sum, correct, seen), _ = jax.lax.scan(
-      one_step, (state, zero, zero, zero), jnp.arange(num_steps))
-  return state, (loss_sum, correct, seen)
+  (state, ok, loss_sum, correct, seen), _ = jax.lax.scan(
+      one_step, (state, jnp.ones((), jnp.bool_), zero, zero, zero), jnp.arange(num_steps))
+  return state, (loss_sum, correct, seen, (~ok).astype(jnp.float32))
 
 
 def evaluate_model(state: ModelState, hp: Hyper, data: input_pipeline.ZooData,
@@ -244,11 +257,23 @@ def _concat_trees(trees):
 # Compiled programs are built once per static signature and shared by all trainers of a process,
 # so that JAX's compilation cache serves every zoo (and every single-model run) with that shape.
 
+def _on_mesh(fn, mesh, specs, out_specs):
+  """fn run by every device of `mesh` on its own shards (specs: per argument, 'models' split by
+  models or None whole), with no communication; on one device, fn itself."""
+  if mesh.size == 1:
+    return fn  # The program as it always was: one device needs no partitioning.
+  spec = {'models': jax.sharding.PartitionSpec(sharding.MODELS),
+          None: jax.sharding.PartitionSpec()}
+  return jax.shard_map(fn, mesh=mesh, in_specs=tuple(spec[s] for s in specs),
+                       out_specs=jax.tree.map(spec.get, out_specs), check_vma=False)
+
+
 @functools.lru_cache(maxsize=None)
 def _train_program(arch, batch_size, num_steps, conv_impl, augment_config, models_per_chunk,
-                   masked):
+                   masked, mesh):
   """The group's training program: `train_steps` over the models axis, `models_per_chunk`
-  models vmapped at a time (lax.map runs the chunks in sequence; None: all at once)."""
+  models vmapped at a time (lax.map runs the chunks in sequence; None: all at once), each
+  device of `mesh` running its own slots."""
   step_fn = functools.partial(train_steps, arch=arch, batch_size=batch_size,
                               num_steps=num_steps, conv_impl=conv_impl,
                               augment_config=augment_config, masked=masked)
@@ -257,17 +282,20 @@ def _train_program(arch, batch_size, num_steps, conv_impl, augment_config, model
     return jax.lax.map(lambda a: step_fn(*a, start_step, data),
                        (state, hyper, order, active, epoch), batch_size=models_per_chunk)
 
+  program = _on_mesh(program, mesh, ('models',) * 5 + (None, None), 'models')
   return num_steps, jax.jit(program, donate_argnums=(0,))
 
 
 @functools.lru_cache(maxsize=None)
-def _init_program(arch):
+def _init_program(arch, num_groups, mesh):
   init_group = jax.vmap(functools.partial(init_model, arch=arch))
-  return jax.jit(lambda hypers: [init_group(h) for h in hypers])
+  init = _on_mesh(lambda *hypers: [init_group(h) for h in hypers], mesh,
+                  ('models',) * num_groups, 'models')
+  return jax.jit(lambda hypers: init(*hypers))
 
 
 @functools.lru_cache(maxsize=None)
-def _refill_program(arch):
+def _refill_program(arch, mesh):
   init_group = jax.vmap(functools.partial(init_model, arch=arch))
 
   def refill(state, hyper, fresh):
@@ -276,17 +304,24 @@ def _refill_program(arch):
     return jax.tree.map(
         lambda n, o: jnp.where(fresh.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, state)
 
-  return jax.jit(refill, donate_argnums=(0,))
+  return jax.jit(_on_mesh(refill, mesh, ('models',) * 3, 'models'), donate_argnums=(0,))
 
 
 @functools.lru_cache(maxsize=None)
-def _eval_program(arch, batch_size, conv_impl, models_per_chunk):
+def _take_program(mesh):
+  """Rows `index` of every leaf of a models-sharded tree, sharded again (compaction)."""
+  return jax.jit(lambda tree, index: jax.tree.map(lambda x: x[index], tree),
+                 out_shardings=sharding.model_sharding(mesh))
+
+
+@functools.lru_cache(maxsize=None)
+def _eval_program(arch, batch_size, conv_impl, models_per_chunk, mesh):
   eval_one = functools.partial(evaluate_model, arch=arch, batch_size=batch_size,
                                conv_impl=conv_impl)
 
   def eval_all(states, hypers, data):
     """Accuracy [slots, 3] of the models in these groups' slots (all of architecture `arch`),
-    in the order of their concatenation.
+    in the order of their concatenation (per device: `ZooTrainer._device_major`).
 
     Models are vmapped `models_per_chunk` at a time (lax.map), which bounds the memory of the
     im2col patches ([chunk, batch, 32, 32, k·k·3] float32) whatever the zoo size.
@@ -300,22 +335,26 @@ def _eval_program(arch, batch_size, conv_impl, models_per_chunk):
 
     return jax.lax.map(one, (state, hyper), batch_size=models_per_chunk)
 
-  return jax.jit(eval_all)
+  return jax.jit(_on_mesh(eval_all, mesh, ('models', 'models', None), 'models'))
 
 
 @functools.lru_cache(maxsize=None)
-def _flatten_program(arch):
+def _flatten_program(arch, mesh):
   def flatten_all(states, hypers):
     """Snapshot vectors [slots, n] of the models in these groups' slots (all padded to `arch`;
-    a model's own vector first, zeros after its length), in the order of their concatenation."""
+    a model's own vector first, zeros after its length), in the order of their concatenation
+    (per device: `ZooTrainer._device_major`)."""
     state, hyper = _concat_trees(states), _concat_trees(hypers)
     return jax.vmap(lambda s, h: packing_lib.flatten(s.params, s.stats, h.layout, arch))(
         state, hyper)
 
-  return jax.jit(flatten_all)
+  return jax.jit(_on_mesh(flatten_all, mesh, ('models', 'models'), 'models'))
 
 
-_order_program = jax.jit(jax.vmap(epoch_order, in_axes=(0, 0, None)))
+@functools.lru_cache(maxsize=None)
+def _order_program(mesh):
+  return jax.jit(_on_mesh(jax.vmap(epoch_order, in_axes=(0, 0, None)), mesh,
+                          ('models', 'models', None), 'models'))
 
 
 @dataclasses.dataclass
@@ -346,7 +385,8 @@ class ZooTrainer:
 
   def __init__(self, configs: Sequence[space.ModelConfig], model_ids: Sequence[int],
                data: input_pipeline.ZooData, dataset_names: Sequence[str],
-               balanced_sizes: Sequence[int], cfg: TrainConfig):
+               balanced_sizes: Sequence[int], cfg: TrainConfig,
+               mesh: jax.sharding.Mesh | None = None):
     if len(configs) != len(model_ids):
       raise ValueError('configs and model_ids differ in length')
     if cfg.slots_per_group is not None and cfg.slots_per_group < 1:
@@ -355,7 +395,8 @@ class ZooTrainer:
       raise ValueError(f'max_programs must be at least 1, got {cfg.max_programs}')
     self.configs = list(configs)
     self.model_ids = np.asarray(model_ids)
-    self.data = data
+    self.mesh = sharding.model_mesh() if mesh is None else mesh
+    self.data = sharding.put_replicated(data, self.mesh)
     self.cfg = cfg
     self.conv_impl = default_conv_impl() if cfg.conv_impl == 'auto' else cfg.conv_impl
     if self.conv_impl not in cnn.CONV_IMPLS:
@@ -424,21 +465,24 @@ class ZooTrainer:
     cfg = self.cfg
     chunk = cfg.train_models_per_chunk or default_models_per_chunk()
     open_ = self.open_groups()
+    devices = self.mesh.size
     self._train = {id(self.groups[i]): _train_program(
         self.groups[i].arch, self.groups[i].batch_size,
         min(cfg.steps_per_call, self.groups[i].max_steps), self.conv_impl, cfg.augment,
-        min(chunk, self.groups[i].num_slots), self.groups[i].masked) for i in open_}
+        min(chunk, self.groups[i].num_slots // devices), self.groups[i].masked, self.mesh)
+        for i in open_}
     # Programs that read every model's parameters (init, evaluation, export) run once per
     # padded architecture over its open groups (batch size does not change parameter shapes).
     self._arch_groups = [idx for idx in ([i for i in open_ if self.groups[i].arch == a]
                                          for a in self.archs) if idx]
     slots = [sum(self.groups[i].num_slots for i in idx) for idx in self._arch_groups]
     archs = [self.groups[idx[0]].arch for idx in self._arch_groups]
-    self._init = [_init_program(a) for a in archs]
+    self._init = [_init_program(a, len(idx), self.mesh)
+                  for a, idx in zip(archs, self._arch_groups)]
     self._eval_all = [_eval_program(a, cfg.eval_batch_size, self.conv_impl,
-                                    min(cfg.eval_models_per_chunk, n))
+                                    min(cfg.eval_models_per_chunk, n // devices), self.mesh)
                       for a, n in zip(archs, slots)]
-    self._flatten_all = [_flatten_program(a) for a in archs]
+    self._flatten_all = [_flatten_program(a, self.mesh) for a in archs]
 
   def next_wave(self, state: list[ModelState]) -> list[ModelState]:
     """Closes the current wave (its states dropped, every compiled program released: XLA frees
@@ -449,7 +493,7 @@ class ZooTrainer:
     state = [None] * len(self.groups)
     self._train = {}
     for program in (_train_program, _init_program, _refill_program, _eval_program,
-                    _flatten_program):
+                    _flatten_program, _order_program, _take_program):
       program.cache_clear()
     jax.clear_caches()
     self.wave += 1
@@ -460,18 +504,33 @@ class ZooTrainer:
 
   def reset_slots(self) -> None:
     """Opens the first wave; puts each group's first `num_slots` members in its slots, the
-    others queue."""
+    others queue. A group's slot count is rounded up to a multiple of the device count; slots
+    beyond its members stay empty."""
     self.wave = 0
     for g in self.groups:
-      g.num_slots = min(len(g.members), self.cfg.slots_per_group or len(g.members))
+      g.num_slots = sharding.round_up(
+          min(len(g.members), self.cfg.slots_per_group or len(g.members)), self.mesh)
     self._compile()
-    self.slot_models = [g.members[:g.num_slots].copy() for g in self.groups]
-    self._slot_rows = [np.arange(g.num_slots) for g in self.groups]
-    self._queued = [g.num_slots for g in self.groups]
+    self.slot_models, self._slot_rows, self._queued = [], [], []
+    for g in self.groups:
+      taken = min(g.num_slots, len(g.members))
+      empty = g.num_slots - taken
+      self.slot_models.append(np.concatenate([g.members[:taken], np.full(empty, -1)]))
+      # An empty slot carries a copy of the first member's hyper-parameters, never trained.
+      self._slot_rows.append(np.concatenate([np.arange(taken), np.zeros(empty, np.int64)]))
+      self._queued.append(taken)
     self._slot_hyper = [self._gather_hyper(i) for i in range(len(self.groups))]
 
   def _gather_hyper(self, i: int) -> Hyper:
-    return jax.tree.map(lambda x: x[jnp.asarray(self._slot_rows[i])], self.groups[i].hyper)
+    rows = self._slot_rows[i]
+    return sharding.put_models(jax.tree.map(lambda x: np.asarray(x)[rows], self.groups[i].hyper),
+                               self.mesh)
+
+  def _device_major(self, parts: Sequence[np.ndarray]) -> np.ndarray:
+    """The concatenation of per-group slot arrays in the row order of a program over several
+    groups' slots: each device concatenates its own shards, and devices follow each other."""
+    devices = self.mesh.size
+    return np.concatenate([np.asarray(p).reshape(devices, -1) for p in parts], axis=1).reshape(-1)
 
   def schedule(self) -> dict:
     """The slots' occupants and the queues, as arrays (for a checkpoint)."""
@@ -486,6 +545,9 @@ class ZooTrainer:
     num_slots = np.asarray(schedule['num_slots'])
     if len(num_slots) != len(self.groups):
       raise ValueError('the saved schedule does not match this zoo\'s groups')
+    if np.any(num_slots % self.mesh.size):
+      raise ValueError(f'the saved run had slot counts {num_slots.tolist()}, which do not divide '
+                       f'over {self.mesh.size} devices; resume it on as many devices as it ran')
     for g, n in zip(self.groups, num_slots):
       g.num_slots = int(n)
     self.wave = int(schedule['wave'])
@@ -533,7 +595,8 @@ class ZooTrainer:
           models[slot] = -1
       if fresh.any():
         self._slot_hyper[i] = self._gather_hyper(i)
-        state[i] = _refill_program(g.arch)(state[i], self._slot_hyper[i], jnp.asarray(fresh))
+        state[i] = _refill_program(g.arch, self.mesh)(
+            state[i], self._slot_hyper[i], sharding.put_models(fresh, self.mesh))
     return state, np.asarray(entered, np.int64)
 
   def compact(self, state: list[ModelState], running: np.ndarray) -> list[ModelState]:
@@ -548,14 +611,15 @@ class ZooTrainer:
       busy = np.flatnonzero((models >= 0) & running[np.maximum(models, 0)])
       if self._queued[i] < len(g.members) or g.num_slots == 1 or 2 * len(busy) > g.num_slots:
         continue
-      size = 1 << max(0, int(np.ceil(np.log2(max(len(busy), 1)))))
+      size = sharding.round_up(1 << max(0, int(np.ceil(np.log2(max(len(busy), 1))))), self.mesh)
+      if size >= g.num_slots:
+        continue
       keep = np.concatenate([busy, np.setdiff1d(np.arange(g.num_slots), busy)[:size - len(busy)]])
       idle = np.zeros(size, bool)
       idle[len(busy):] = True
       self.slot_models[i] = np.where(idle, -1, models[keep])
       self._slot_rows[i] = self._slot_rows[i][keep]
-      index = jnp.asarray(keep)
-      state[i] = jax.tree.map(lambda x: x[index], state[i])
+      state[i] = _take_program(self.mesh)(state[i], sharding.put_replicated(keep, self.mesh))
       g.num_slots = size
       self._slot_hyper[i] = self._gather_hyper(i)
       changed = True
@@ -582,9 +646,11 @@ class ZooTrainer:
     def compile_group(i, g, s):
       _, train = self._train[id(g)]
       n = g.num_slots
-      lowered = train.lower(s, self._slot_hyper[i],
-                            jnp.zeros((n,) + self.data.train_labels.shape[1:], jnp.int32),
-                            jnp.ones(n, bool), jnp.ones(n, jnp.int32), jnp.int32(0), self.data)
+      lowered = train.lower(
+          s, self._slot_hyper[i],
+          sharding.abstract_models((n,) + self.data.train_labels.shape[1:], jnp.int32, self.mesh),
+          sharding.abstract_models((n,), jnp.bool_, self.mesh),
+          sharding.abstract_models((n,), jnp.int32, self.mesh), np.int32(0), self.data)
       lowered.compile()  # Fills JAX's compilation cache; later calls of `train` hit it.
 
     open_ = self.open_groups()
@@ -602,11 +668,12 @@ class ZooTrainer:
     """Trains one epoch of the models in the slots with active[zoo position] True.
 
     epoch: the epoch (1-based) each model trains, an int for all or an int array [models].
-    Returns (state, train metrics [models, 3]: summed batch loss, correct, live steps; zero
-    for models not trained).
+    Returns (state, train metrics [models, 4]: summed batch loss, correct, applied steps,
+    diverged (1.0 for a model whose loss or weights turned non-finite this epoch: it stays at
+    its last finite state, `train_steps`); zero for models not trained).
     """
     epochs = np.broadcast_to(np.asarray(epoch, np.int64), (self.num_models,))
-    new_state, metrics = list(state), np.zeros((self.num_models, 3))
+    new_state, metrics = list(state), np.zeros((self.num_models, 4))
     for i in self.open_groups():
       g, s = self.groups[i], state[i]
       models = self.slot_models[i]
@@ -616,16 +683,20 @@ class ZooTrainer:
         continue  # Every slot idle: nothing to run.
       num_steps, train = self._train[id(g)]
       hyper = self._slot_hyper[i]
-      ep = jnp.asarray(np.where(live, epochs[np.maximum(models, 0)], 1).astype(np.int32))
-      order = _order_program(hyper, ep, self.data)
-      act = jnp.asarray(busy)
+      ep = sharding.put_models(np.where(live, epochs[np.maximum(models, 0)], 1).astype(np.int32),
+                               self.mesh)
+      order = _order_program(self.mesh)(hyper, ep, self.data)
+      act = sharding.put_models(busy, self.mesh)
       sums = []
       for start in range(0, g.max_steps, num_steps):
-        s, m = train(s, hyper, order, act, ep, jnp.int32(start), self.data)
+        s, m = train(s, hyper, order, act, ep, np.int32(start), self.data)
         sums.append(m)
+        if start + num_steps < g.max_steps:
+          # A model that diverged sits out the epoch's later calls (on the device: no sync).
+          act = jax.device_put(act & (m[3] == 0), act.sharding)
         if on_chunk is not None:
           on_chunk()
-      summed = np.sum([np.stack([np.asarray(x) for x in m], axis=1) for m in sums], axis=0)
+      summed = np.sum([np.stack([sharding.to_host(x) for x in m], axis=1) for m in sums], axis=0)
       metrics[models[live]] = summed[live]
       new_state[i] = s
     return new_state, metrics
@@ -635,9 +706,9 @@ class ZooTrainer:
     models in the slots; NaN for the others."""
     out = np.full((self.num_models, 3), np.nan)
     for eval_all, idx in zip(self._eval_all, self._arch_groups):
-      acc = np.asarray(eval_all([state[i] for i in idx], [self._slot_hyper[i] for i in idx],
-                                self.data))
-      models = np.concatenate([self.slot_models[i] for i in idx])
+      acc = sharding.to_host(eval_all([state[i] for i in idx],
+                                      [self._slot_hyper[i] for i in idx], self.data))
+      models = self._device_major([self.slot_models[i] for i in idx])
       out[models[models >= 0]] = acc[models >= 0]
     return out
 
@@ -651,7 +722,7 @@ class ZooTrainer:
 
   def export_rows(self) -> list[np.ndarray]:
     """Per array of `export`, the zoo positions of its rows now (-1: empty slot)."""
-    return [np.concatenate([self.slot_models[i] for i in idx]) for idx in self._arch_groups]
+    return [self._device_major([self.slot_models[i] for i in idx]) for idx in self._arch_groups]
 
 
 class TrainResult(NamedTuple):
@@ -749,9 +820,14 @@ def train(trainer: ZooTrainer, *, resume: TrainResult | None = None,
       state, metrics = trainer.run_epoch(state, epochs, active, on_chunk)
       acc = trainer.evaluate(state)
       curves[active, epochs[active]] = acc[active]
-      losses[active, epochs[active]] = metrics[active, 0] / np.maximum(metrics[active, 2], 1)
+      # A model that diverged trained this epoch up to its last finite step (frozen there: its
+      # curves and export are of that state); it stops as DIVERGED and its slot is refilled.
+      # Its loss is the mean over the steps it applied (NaN if none).
+      seen = metrics[active, 2]
+      losses[active, epochs[active]] = np.where(
+          seen > 0, metrics[active, 0] / np.maximum(seen, 1), np.nan)
       stopping = early_stopping.update(stopping, np.where(active, acc[:, 1], np.nan), rules,
-                                       trained=active)
+                                       trained=active, diverged=active & (metrics[:, 3] > 0))
       export(state, active)
       finished = active & (stopping.status != early_stopping.RUNNING)
       state, entered = trainer.refill(state, finished)

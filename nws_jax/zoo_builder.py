@@ -1,8 +1,13 @@
 """Builds a zoo in a workdir: sample, load data, train, export snapshots, write the tables.
 
 `build_zoo(config, workdir)` is everything `python -m nws_jax.train_zoo` does, callable from a
-test or a notebook. A workdir is created fresh, resumed from its last finished epoch, or (only
+test or a notebook. A workdir is created fresh, resumed from its last checkpoint, or (only
 when asked) overwritten; a non-empty workdir is otherwise refused before anything is touched.
+
+The whole training state is checkpointed with Orbax every `checkpoint_every` rounds
+(asynchronously, after that round's exports are on disk) and when the process gets SIGTERM
+(`Preempted` is raised once that checkpoint is written); a resume continues bit for bit. With
+several processes (`distributed`), every process runs this same function.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 from typing import Sequence
 
@@ -22,15 +29,18 @@ import pandas as pd
 import nws_jax
 from nws_jax import cnn
 from nws_jax import datasets as datasets_lib
+from nws_jax import distributed
 from nws_jax import early_stopping
 from nws_jax import input_pipeline
 from nws_jax import packing as packing_lib
+from nws_jax import sharding
 from nws_jax import snapshots as snapshots_lib
 from nws_jax import space
 from nws_jax import trainer as trainer_lib
 from nws_jax import zoo as zoo_lib
 
-# Test accuracy below which a model counts as failed to train (the release left such nets out).
+# Test accuracy below which a model counts as failed to train (the release left such nets out);
+# a model that diverged counts as failed too.
 FAILED_BELOW = 0.15
 
 
@@ -104,34 +114,62 @@ class WorkdirError(RuntimeError):
   """The workdir cannot be used as asked (not empty, nothing to resume, other config)."""
 
 
-def prepare_workdir(workdir: str, config: ZooConfig, *, resume: bool, overwrite: bool) -> bool:
-  """Checks (and, with overwrite, clears) the workdir; returns True when resuming."""
+class Preempted(RuntimeError):
+  """Training stopped on SIGTERM after checkpointing; `--resume` continues it."""
+
+
+def load_config(workdir: str) -> ZooConfig:
+  """The config a zoo workdir was started with (WorkdirError if it is not a zoo's)."""
+  path = os.path.join(workdir, zoo_lib.CONFIG_FILE)
+  if not os.path.isdir(workdir):
+    raise WorkdirError(f'cannot resume {workdir}: no such directory')
+  if not os.path.exists(path):
+    raise WorkdirError(f'cannot resume {workdir}: no {zoo_lib.CONFIG_FILE}, not a zoo workdir')
+  try:
+    with open(path) as f:
+      saved = json.load(f)['zoo']
+    saved['datasets'] = tuple(saved['datasets'])
+    return ZooConfig(**saved)
+  except (ValueError, KeyError, TypeError) as e:
+    raise WorkdirError(f'cannot resume {workdir}: {path} is not a zoo config ({e})') from None
+
+
+def check_workdir(workdir: str, config: ZooConfig, *, resume: bool, overwrite: bool) -> str:
+  """What to do with the workdir, touching nothing: 'create', 'overwrite' or 'resume'."""
   if resume and overwrite:
     raise WorkdirError('choose one of resume and overwrite')
-  exists = os.path.isdir(workdir) and os.listdir(workdir)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f'workdir {workdir} exists and is not a directory')
+  exists = os.path.isdir(workdir) and os.listdir(workdir)
   if exists and overwrite:
-    shutil.rmtree(workdir)
-  elif exists and resume:
-    path = os.path.join(workdir, zoo_lib.CONFIG_FILE)
-    if not os.path.exists(path):
-      raise WorkdirError(f'cannot resume {workdir}: no {zoo_lib.CONFIG_FILE}')
-    with open(path) as f:
-      saved = json.load(f)
-    if saved.get('zoo') != config.to_json():
+    return 'overwrite'
+  if exists and resume:
+    if load_config(workdir) != config:
       raise WorkdirError(f'cannot resume {workdir}: it was built with other options '
-                         f'(see {path})')
-    snapshots_dir = os.path.join(workdir, zoo_lib.SNAPSHOTS_DIR)
-    if snapshots_lib.is_complete(snapshots_dir):
+                         f'(see {os.path.join(workdir, zoo_lib.CONFIG_FILE)})')
+    if snapshots_lib.is_complete(os.path.join(workdir, zoo_lib.SNAPSHOTS_DIR)):
       raise WorkdirError(f'cannot resume {workdir}: the zoo is already finished')
-    shutil.rmtree(snapshots_dir, ignore_errors=True)  # A save that crashed half-way.
-    return True
-  elif exists:
+    return 'resume'
+  if exists:
     raise WorkdirError(f'workdir {workdir} is not empty; pass --resume to continue it or '
                        '--overwrite to replace it')
-  os.makedirs(workdir, exist_ok=True)
-  return False
+  return 'create'
+
+
+def prepare_workdir(workdir: str, config: ZooConfig, *, resume: bool, overwrite: bool) -> bool:
+  """Checks (and, with overwrite, clears) the workdir; returns True when resuming. With several
+  processes, process 0 changes the disk and the others wait for it."""
+  action = check_workdir(workdir, config, resume=resume, overwrite=overwrite)
+  if distributed.is_primary():
+    if action == 'overwrite':
+      shutil.rmtree(workdir)
+    if action == 'resume':
+      # A snapshots save that crashed half-way.
+      shutil.rmtree(os.path.join(workdir, zoo_lib.SNAPSHOTS_DIR), ignore_errors=True)
+    else:
+      os.makedirs(workdir, exist_ok=True)
+  distributed.barrier('prepare_workdir')
+  return action == 'resume'
 
 
 def load_datasets(config: ZooConfig) -> list[datasets_lib.Dataset]:
@@ -142,8 +180,8 @@ def load_datasets(config: ZooConfig) -> list[datasets_lib.Dataset]:
 
 def make_trainer(config: ZooConfig, configs: Sequence[space.ModelConfig] | None = None,
                  model_ids: Sequence[int] | None = None,
-                 datasets: Sequence[datasets_lib.Dataset] | None = None
-                 ) -> trainer_lib.ZooTrainer:
+                 datasets: Sequence[datasets_lib.Dataset] | None = None,
+                 mesh: jax.sharding.Mesh | None = None) -> trainer_lib.ZooTrainer:
   """A trainer for the zoo of `config`, or for a subset of its models (configs, model_ids)."""
   if configs is None:
     configs = space.sample_zoo(config.seed, config.num_models, config.datasets,
@@ -159,11 +197,20 @@ def make_trainer(config: ZooConfig, configs: Sequence[space.ModelConfig] | None 
       slots_per_group=config.slots_per_group, compact=config.compact,
       max_programs=config.max_programs)
   sizes = [input_pipeline.balanced_size(d.train_labels) for d in datasets]
-  return trainer_lib.ZooTrainer(configs, list(model_ids), data, config.datasets, sizes, cfg)
+  return trainer_lib.ZooTrainer(configs, list(model_ids), data, config.datasets, sizes, cfg,
+                                mesh=mesh)
 
 
 def model_table(trainer: trainer_lib.ZooTrainer, result: trainer_lib.TrainResult) -> pd.DataFrame:
-  """The models.csv rows of a trained zoo."""
+  """The models.csv rows of a trained zoo.
+
+  Every model keeps its row. `status` is one of `early_stopping.STATUS_NAMES`: 'diverged' marks
+  a model whose loss or weights turned non-finite; its `epochs` is the epoch it diverged in
+  (trained up to its last finite step, at which it was frozen), and its accuracies, curves and
+  snapshots are of that frozen, finite state. No separate diverged-epoch column: status and
+  epochs say it, and the table keeps the columns an imported release has. `failed` stays the
+  test-accuracy threshold for every status.
+  """
   rows = []
   epochs = result.stopping.epochs
   for pos, c in enumerate(trainer.configs):
@@ -175,7 +222,8 @@ def model_table(trainer: trainer_lib.ZooTrainer, result: trainer_lib.TrainResult
                train_accuracy=float(train_acc), valid_accuracy=float(valid_acc),
                test_accuracy=float(test_acc), epochs=e,
                status=early_stopping.STATUS_NAMES[int(result.stopping.status[pos])],
-               failed=bool(test_acc < FAILED_BELOW),
+               failed=bool(test_acc < FAILED_BELOW
+                           or result.stopping.status[pos] == early_stopping.DIVERGED),
                steps_per_epoch=int(trainer.steps_per_epoch[pos]))
     rows.append(row)
   return pd.DataFrame(rows, columns=list(space.PROPERTY_NAMES) + list(space.TABLE_COLUMNS)
@@ -197,77 +245,153 @@ def curves_table(trainer: trainer_lib.ZooTrainer, result: trainer_lib.TrainResul
 
 
 class _StateCheckpointer:
-  """Saves the whole training state after each epoch (async), for --resume."""
+  """Saves the whole training state after a round (async), for --resume: every model's
+  parameters, optimizer and batch-norm state (their RNG keys derive from the seed, model id and
+  epoch, and the data order from those too, so the epoch is the position in the data), the
+  early-stopping counters, curves, where each export went, and the slots and queues. The
+  exports themselves are their own Orbax steps, already on disk. A save that fails (a full
+  disk) leaves the last finished checkpoint in place: Orbax finalises a step by a rename, and
+  only then deletes the older one."""
 
   def __init__(self, directory: str):
+    self._directory = directory
     self._manager = ocp.CheckpointManager(
         os.path.abspath(directory),
         options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=True,
                                              create=True))
 
-  def save(self, epoch: int, result: trainer_lib.TrainResult) -> None:
-    tree = {'state': jax.tree.leaves(result.state),
+  def save(self, rounds: int, result: trainer_lib.TrainResult) -> None:
+    tree = {'state': [sharding.to_host(x) for x in jax.tree.leaves(result.state)],
             'stopping': {k: np.asarray(v) for k, v in result.stopping._asdict().items()},
-            'curves': result.curves, 'losses': result.losses, 'epoch': np.int64(epoch),
+            'curves': result.curves, 'losses': result.losses, 'epoch': np.int64(rounds),
             'seconds': np.float64(result.seconds), 'exports': result.exports,
             'schedule': {k: np.asarray(v) for k, v in result.schedule.items()}}
-    self._manager.save(epoch, args=ocp.args.StandardSave(tree))
+    self._manager.save(rounds, args=ocp.args.StandardSave(tree))
 
   def restore(self, trainer: trainer_lib.ZooTrainer) -> trainer_lib.TrainResult | None:
-    """The last saved round's result (its state in the trainer's slot layout), or None."""
+    """The last saved round's result (its state in the trainer's slot layout), or None.
+    Raises WorkdirError for a checkpoint that cannot be read or does not fit the zoo."""
     step = self._manager.latest_step()
     if step is None:
       return None
-    tree = self._manager.restore(step, args=ocp.args.StandardRestore())
-    schedule = {k: np.asarray(v) for k, v in tree['schedule'].items()}
-    trainer.restore_schedule(schedule)
-    _, treedef = jax.tree.flatten(trainer.init_state())
-    state = jax.tree.unflatten(treedef, [jax.numpy.asarray(x) for x in tree['state']])
-    stopping = early_stopping.StoppingState(**{k: np.asarray(v)
-                                               for k, v in tree['stopping'].items()})
-    return trainer_lib.TrainResult(state, stopping, np.asarray(tree['curves']),
-                                   np.asarray(tree['losses']), float(tree['seconds']),
-                                   np.asarray(tree['exports']), schedule, int(tree['epoch']))
+    try:
+      tree = self._manager.restore(step, args=ocp.args.StandardRestore())
+      schedule = {k: np.asarray(v) for k, v in tree['schedule'].items()}
+      trainer.restore_schedule(schedule)
+      _, treedef = jax.tree.flatten(trainer.init_state())
+      leaves = [np.asarray(x) for x in tree['state']]
+      if treedef.num_leaves != len(leaves):
+        raise ValueError(f'{len(leaves)} state arrays, the zoo has {treedef.num_leaves}')
+      state = jax.tree.unflatten(treedef, sharding.put_models(leaves, trainer.mesh))
+      stopping = early_stopping.StoppingState(**{k: np.asarray(v)
+                                                 for k, v in tree['stopping'].items()})
+      result = trainer_lib.TrainResult(state, stopping, np.asarray(tree['curves']),
+                                       np.asarray(tree['losses']), float(tree['seconds']),
+                                       np.asarray(tree['exports']), schedule, int(tree['epoch']))
+    except (ValueError, KeyError, TypeError, OSError) as e:
+      message = str(e).splitlines()[0] if str(e) else type(e).__name__
+      raise WorkdirError(f'cannot resume: the checkpoint {self._directory}/{step} is unreadable '
+                         f'or does not fit this zoo ({message})') from None
+    if result.curves.shape[0] != trainer.num_models:
+      raise WorkdirError(f'cannot resume: the checkpoint {self._directory}/{step} holds '
+                         f'{result.curves.shape[0]} models, the zoo {trainer.num_models}')
+    return result
+
+  def wait(self):
+    self._manager.wait_until_finished()
 
   def close(self):
     self._manager.wait_until_finished()
     self._manager.close()
 
 
+class _Sigterm:
+  """Notes a SIGTERM (a preemption notice) instead of dying; restores the old handler on exit.
+  Only the main thread can install handlers: elsewhere this watches nothing."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._note)
+    return self
+
+  def _note(self, signum, frame):
+    del signum, frame
+    self.received = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
 def build_zoo(config: ZooConfig, workdir: str, *, resume: bool = False, overwrite: bool = False,
-              progress: bool = False) -> zoo_lib.Zoo:
+              progress: bool = False, checkpoint_every: int = 1,
+              mesh: jax.sharding.Mesh | None = None) -> zoo_lib.Zoo:
   """Trains the zoo of `config` into `workdir` and returns it loaded.
 
+  checkpoint_every: rounds (epochs of the slots) between checkpoints of the training state.
+  mesh: the devices to shard the models over (default: every device of every process).
   Raises ValueError for a bad config and WorkdirError for a workdir that cannot be used; both
-  before anything in the workdir is touched.
+  before anything in the workdir is touched. Raises Preempted after a SIGTERM, once the round
+  under way is checkpointed.
   """
   config.validate()
+  if checkpoint_every < 1:
+    raise ValueError(f'checkpoint_every must be at least 1, got {checkpoint_every}')
   # Everything that can reject the config (unprepared dataset, too few examples for a batch
   # size, a class missing) runs before the workdir is created, cleared or written.
   datasets = load_datasets(config)
-  trainer = make_trainer(config, datasets=datasets)
+  trainer = make_trainer(config, datasets=datasets, mesh=mesh)
   resuming = prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
-  if not resuming:
+  primary = distributed.is_primary()
+  if not resuming and primary:
     zoo_lib.write_json_atomic({'zoo': config.to_json(), 'nws_jax': nws_jax.__version__,
-                               'jax': jax.__version__, 'backend': jax.default_backend()},
+                               'jax': jax.__version__, 'backend': jax.default_backend(),
+                               'devices': jax.device_count(),
+                               'processes': jax.process_count()},
                               os.path.join(workdir, zoo_lib.CONFIG_FILE))
   exports = snapshots_lib.ExportWriter(os.path.join(workdir, zoo_lib.EXPORTS_DIR))
   checkpointer = _StateCheckpointer(os.path.join(workdir, zoo_lib.STATE_DIR))
-  restored = checkpointer.restore(trainer) if resuming else None
+  try:
+    restored = checkpointer.restore(trainer) if resuming else None
+  except WorkdirError:
+    checkpointer.close()
+    exports.close()
+    raise
   if restored is not None:
     exports.delete_after(int(restored.exports[..., 0].max()))
   elif resuming:
     exports.delete_after(-1)
   t0 = time.time() - (restored.seconds if restored is not None else 0.0)
 
-  def checkpoint(rounds, result):
-    # The state of a round may only exist once its exports are on disk: a resume from it never
-    # re-exports earlier rounds.
-    exports.wait()
-    checkpointer.save(rounds, result._replace(seconds=time.time() - t0))
+  with _Sigterm() as sigterm:
 
-  result = trainer_lib.train(trainer, resume=restored, on_export=exports.save,
-                             on_epoch=checkpoint, progress=progress)
+    def checkpoint(rounds, result):
+      preempted = distributed.any_process(sigterm.received)
+      if rounds % checkpoint_every and not preempted:
+        return
+      # The state of a round may only exist once its exports are on disk: a resume from it
+      # never re-exports earlier rounds.
+      exports.wait()
+      checkpointer.save(rounds, result._replace(seconds=time.time() - t0))
+      if preempted:
+        raise Preempted(f'stopped by SIGTERM after round {rounds}; its checkpoint is saved '
+                        f'in {workdir}: continue with --resume')
+
+    def save_export(number, arrays):
+      exports.save(number, tuple(sharding.to_host(a) for a in arrays))
+
+    try:
+      result = trainer_lib.train(trainer, resume=restored, on_export=save_export,
+                                 on_epoch=checkpoint, progress=progress and primary)
+    except BaseException:
+      # Saves in flight finish (an unfinished async save would hang the interpreter's exit).
+      checkpointer.close()
+      exports.close()
+      raise
   checkpointer.close()
   snaps, numbers = snapshots_lib.gather_snapshots(exports, result.stopping.epochs,
                                                   result.exports, config.num_snapshots,
@@ -275,10 +399,14 @@ def build_zoo(config: ZooConfig, workdir: str, *, resume: bool = False, overwrit
   exports.close()
   table = model_table(trainer, result)
   table['seconds'] = time.time() - t0
-  zoo_lib.write_csv_atomic(curves_table(trainer, result),
-                           os.path.join(workdir, zoo_lib.CURVES_FILE))
-  zoo_lib.write_csv_atomic(table, os.path.join(workdir, zoo_lib.MODELS_FILE))
+  if primary:
+    zoo_lib.write_csv_atomic(curves_table(trainer, result),
+                             os.path.join(workdir, zoo_lib.CURVES_FILE))
+    zoo_lib.write_csv_atomic(table, os.path.join(workdir, zoo_lib.MODELS_FILE))
   snapshots_lib.save_snapshots(os.path.join(workdir, zoo_lib.SNAPSHOTS_DIR), snaps, numbers)
-  shutil.rmtree(os.path.join(workdir, zoo_lib.EXPORTS_DIR), ignore_errors=True)
-  shutil.rmtree(os.path.join(workdir, zoo_lib.STATE_DIR), ignore_errors=True)
+  distributed.barrier('zoo_written')
+  if primary:
+    shutil.rmtree(os.path.join(workdir, zoo_lib.EXPORTS_DIR), ignore_errors=True)
+    shutil.rmtree(os.path.join(workdir, zoo_lib.STATE_DIR), ignore_errors=True)
+  distributed.barrier('zoo_cleaned')
   return zoo_lib.load_zoo(workdir)

@@ -1,0 +1,81 @@
+"""Where a zoo's arrays live: the models axis split over a mesh of every device, data replicated.
+
+A zoo's models are independent, so the trainer shards every per-model array (training state,
+hyper-parameters, masks) along its leading models axis over a one-axis `Mesh` of all devices
+(`MODELS`), replicates the datasets, and runs each training program under `jax.shard_map`: a
+device trains its own slots with no communication. Slot counts are rounded up to a multiple of
+the device count. With several processes (`jax.distributed`), the mesh spans every process's
+devices; arrays are built from host values that every process holds in full, and results come
+back to every process in full (`to_host`), so that each makes the same scheduling decisions.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MODELS = 'models'
+
+
+def model_mesh(devices=None) -> Mesh:
+  """A one-axis mesh ('models') over `devices` (default: every device of every process)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return Mesh(np.asarray(devices), (MODELS,))
+
+
+def round_up(n: int, mesh: Mesh) -> int:
+  """The smallest multiple of the mesh's device count that is at least n (and at least one)."""
+  size = mesh.size
+  return max(1, -(-n // size)) * size
+
+
+def model_sharding(mesh: Mesh) -> jax.sharding.Sharding:
+  """Leading axis split over the mesh, the rest whole."""
+  if mesh.size == 1:
+    return _single(mesh)
+  return NamedSharding(mesh, PartitionSpec(MODELS))
+
+
+def replicated(mesh: Mesh) -> jax.sharding.Sharding:
+  if mesh.size == 1:
+    return _single(mesh)
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def _single(mesh: Mesh) -> jax.sharding.SingleDeviceSharding:
+  # What a one-device program's outputs carry: inputs placed so hit the same compiled programs
+  # (a NamedSharding would be another cache key, and compile everything once more on resume).
+  return jax.sharding.SingleDeviceSharding(mesh.devices.flat[0])
+
+
+def _put(x, sharding: jax.sharding.Sharding) -> jax.Array:
+  if isinstance(x, jax.Array) and x.is_fully_addressable and jax.process_count() == 1:
+    return jax.device_put(x, sharding)
+  host = np.asarray(x)  # Every process holds the whole value: each takes its shards.
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def put_models(tree, mesh: Mesh):
+  """Every leaf (leading axis a multiple of the device count) split over the mesh by models."""
+  sharding = model_sharding(mesh)
+  return jax.tree.map(lambda x: _put(x, sharding), tree)
+
+
+def put_replicated(tree, mesh: Mesh):
+  """Every leaf whole on every device of the mesh."""
+  sharding = replicated(mesh)
+  return jax.tree.map(lambda x: _put(x, sharding), tree)
+
+
+def to_host(x) -> np.ndarray:
+  """The whole value of a (possibly sharded, possibly multi-process) array, in every process."""
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def abstract_models(shape, dtype, mesh: Mesh) -> jax.ShapeDtypeStruct:
+  """A stand-in for a models-sharded array, for lowering a program before its inputs exist."""
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=model_sharding(mesh))
