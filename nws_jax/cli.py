@@ -6,6 +6,7 @@ Light on purpose (no JAX), so that --help and flag errors stay fast.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, NoReturn
 
@@ -13,15 +14,41 @@ from absl import flags
 from absl import logging
 
 
-def fail(prog: str, message: str) -> NoReturn:
-  """Prints `prog: error: message` on stderr and exits 2."""
-  print(f'{prog}: error: {message}', file=sys.stderr)
+def one_line(message) -> str:
+  """`message` on one line: its lines joined by spaces (a library error may span several, e.g.
+  TensorStore's, which append their spec)."""
+  return ' '.join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
+def fail(prog: str, message) -> NoReturn:
+  """Prints `prog: error: message` on stderr, on one line, and exits 2."""
+  print(f'{prog}: error: {one_line(message)}', file=sys.stderr)
   sys.exit(2)
 
 
+def _quiet_closed_loop(previous):
+  """An unraisable-exception hook that drops what a failed Orbax restore leaves behind: when one
+  read of a damaged checkpoint fails, Orbax closes its event loop while TensorStore still
+  completes the other reads; each completion's call into the closed loop (`RuntimeError: Event
+  loop is closed`), and each of Orbax's read coroutines that failed too, is reported as an
+  unraisable exception: tracebacks on stderr after our one-line error."""
+
+  def hook(unraisable):
+    code = getattr(unraisable.object, 'cr_code', None)  # a coroutine's
+    if ((isinstance(unraisable.exc_value, RuntimeError)
+         and str(unraisable.exc_value) == 'Event loop is closed')
+        or (code is not None and f'{os.sep}orbax{os.sep}' in code.co_filename)):
+      return
+    previous(unraisable)
+
+  hook.quiet_closed_loop = True
+  return hook
+
+
 def begin(prog: str, argv, required: tuple[str, ...] = ()) -> None:
-  """The start of every main: no positional arguments, each flag in `required` given, and absl
-  logging at WARNING unless --verbosity is given (Orbax logs every read and save at INFO)."""
+  """The start of every main: no positional arguments, each flag in `required` given, absl
+  logging at WARNING unless --verbosity is given (Orbax logs every read and save at INFO), and no
+  stray traceback after a damaged checkpoint's error (`_quiet_closed_loop`)."""
   if len(argv) > 1:
     fail(prog, f'unexpected arguments: {" ".join(argv[1:])}')
   for name in required:
@@ -29,6 +56,8 @@ def begin(prog: str, argv, required: tuple[str, ...] = ()) -> None:
       fail(prog, f'--{name} is required')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+  if not getattr(sys.unraisablehook, 'quiet_closed_loop', False):
+    sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
 
 
 def flags_parser(prog: str) -> Callable:

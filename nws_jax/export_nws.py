@@ -7,8 +7,10 @@ little-endian float64, meta.csv, error.bin, stat.bin; PROTOCOL §4) and a row of
 out/test.csv (split by model, seeded). Models that failed to train are left out, as the release
 left them out, unless --include_failed. stat.bin's seconds is the whole zoo's wall time (its nets
 trained together). See nws_jax/release_convert.py for every field.
-Exit code 2 for bad flags, a zoo that cannot be read or predates steps_per_epoch, a split that
-leaves a side empty, or an --out that is not empty (unless --overwrite); nothing is written then.
+Exit code 2, with one line on stderr, for bad flags, a zoo that cannot be read (missing, damaged
+or truncated files) or predates steps_per_epoch, a split that leaves a side empty, or an --out
+that is not empty (unless --overwrite; never a zoo, a meta-classifier run, or a folder holding or
+inside the zoo); nothing is written then.
 """
 
 import functools

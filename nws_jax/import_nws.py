@@ -10,8 +10,10 @@ zoos store them (a zoo written by export_nws comes back bit-identical). A damage
 wrong-size files, non-finite weights) fails the import, naming it, or with --on_damaged=skip is
 left out and listed in config.json; --scan_nans reads every net once more up front to find
 non-finite weights before anything is written. See nws_jax/release_convert.py.
-Exit code 2 for bad flags, an unreadable CSV, a damaged net (unless skipped), or an --out that is
-not empty (unless --overwrite); nothing is written then.
+Exit code 2, with one line on stderr, for bad flags, an unreadable CSV (or values outside
+PROTOCOL §1, an unknown dataset), a damaged net (unless skipped), or an --out that is not empty
+(unless --overwrite; never a release, a meta-classifier run, or a folder holding or inside the
+inputs); nothing is written then.
 """
 
 import functools

@@ -34,6 +34,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from nws_jax import datasets
 from nws_jax import files
 from nws_jax import space
 
@@ -108,8 +109,14 @@ def _normalise(table: pd.DataFrame, where: str) -> pd.DataFrame:
     if bad.any():
       raise ReleaseError(f'{where}: column {name!r} holds {out[name][bad].iloc[0].item()!r}; '
                          f'PROTOCOL §1 allows {", ".join(map(str, allowed))}')
-  if (out['lrate'] <= 0).any():
-    raise ReleaseError(f'{where}: column \'lrate\' holds a value that is not positive')
+  unknown = ~out['dataset'].isin(datasets.ALL_NAMES)
+  if unknown.any():
+    raise ReleaseError(f'{where}: unknown dataset {out["dataset"][unknown].iloc[0]!r}; known: '
+                       + ', '.join(datasets.ALL_NAMES) + ' (PROTOCOL §1\'s five and our offline '
+                       'sets)')
+  if not ((out['lrate'] > 0) & np.isfinite(out['lrate'])).all():
+    raise ReleaseError(f'{where}: column \'lrate\' holds a value that is not positive, or not '
+                       'finite')
   return out
 
 

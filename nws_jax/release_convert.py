@@ -33,21 +33,23 @@ zoo.load_zoo reads, streaming net by net: snapshots are written as Orbax chunks 
 - curves.csv has a row per error.bin row (epoch = row index), train_loss NaN. The export numbers
   are snapshots.select_exports(exports of stat.bin), or 0 (unknown) without stat.bin.
 - A net whose error.bin or stat.bin is present but malformed (wrong size, no rows, an export count
-  that is not a whole number ≥ 1) is damaged like one with a bad weight file: the import fails
-  naming it (on_damaged='fail') or leaves it out (on_damaged='skip'). config.json lists every net
-  left out, found when opening or while importing, with the reason.
+  that is not a whole number ≥ 1, error.bin rows other than stat.bin's exports) is damaged like
+  one with a bad weight file: the import fails naming it (on_damaged='fail') or leaves it out
+  (on_damaged='skip'). config.json lists every net left out, found when opening or while
+  importing, with the reason.
 
-Both write into a hidden temporary sibling of `out` (.<name>.partial-…) and rename it into place
-when complete: `out` must be absent or empty unless overwrite, and with overwrite the old folder is
-removed only once the new one is complete. An error or crash leaves `out` untouched (a crash may
-leave the hidden .partial- folder behind).
+Both write into a hidden temporary sibling of `out` (.<name>.partial-…, zoo.OutputFolder) and
+rename it into place when complete: `out` must be absent or empty unless overwrite, and with
+overwrite the old folder is removed only once the new one is complete. Overwrite never replaces a
+folder of another kind (zoo.folder_kind: an export replaces neither a zoo nor a meta-classifier
+run, an import neither a release nor a meta-classifier run), nor one that holds an input or lies
+inside one. An error or crash leaves `out` untouched (a crash may leave the hidden .partial- folder
+behind).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from typing import Sequence
 
 import numpy as np
@@ -73,14 +75,12 @@ CURVE_COLUMNS = ('model_id', 'epoch', 'train_accuracy', 'valid_accuracy', 'test_
 
 # --- the output folder ------------------------------------------------------------------------
 
-def _is_inside(path: str, folder: str) -> bool:
-  path, folder = os.path.realpath(path), os.path.realpath(folder)
-  return os.path.commonpath([path, folder]) == folder
-
-
-def _check_out(out: str, overwrite: bool, protect: Sequence[str] = ()) -> None:
+def _check_out(out: str, overwrite: bool, protect: Sequence[str] = (),
+               kind: str | None = None) -> None:
   """Raises FileExistsError unless `out` may be written: absent, an empty folder, or (with
-  overwrite) a folder that holds none of the inputs in `protect`."""
+  overwrite) a folder that holds nothing of another kind than `kind` (zoo.folder_kind: an
+  export must not replace a zoo or a meta-classifier run, nor an import a release) and that
+  neither holds nor lies inside one of the inputs in `protect`."""
   if not out:
     raise ValueError('no output folder given')
   if not os.path.lexists(out):
@@ -92,79 +92,14 @@ def _check_out(out: str, overwrite: bool, protect: Sequence[str] = ()) -> None:
   if not overwrite:
     raise FileExistsError(f'{out} is not empty; choose another folder or overwrite it '
                           '(--overwrite)')
-  for path in protect:
-    if _is_inside(path, out):
-      raise FileExistsError(f'{out} holds the input {path}; overwriting it would delete it')
-
-
-def _missing_parents(folder: str) -> list[str]:
-  """The folders, deepest first, that os.makedirs(folder) would create."""
-  missing = []
-  while folder and not os.path.exists(folder):
-    missing.append(folder)
-    parent = os.path.dirname(folder)
-    if parent == folder:
-      break
-    folder = parent
-  return missing
-
-
-class _OutputFolder:
-  """`with _OutputFolder(out, overwrite) as tmp:` — write into tmp; on success tmp becomes out,
-  on any error tmp (and any parent folder this created) is removed and out is untouched."""
-
-  def __init__(self, out: str, overwrite: bool):
-    self.out = os.path.abspath(out)
-    self.overwrite = overwrite
-
-  def __enter__(self) -> str:
-    parent = os.path.dirname(self.out)
-    self._created = _missing_parents(parent)
-    os.makedirs(parent, exist_ok=True)
-    try:
-      self.tmp = tempfile.mkdtemp(dir=parent,
-                                  prefix='.' + os.path.basename(self.out) + '.partial-')
-      umask = os.umask(0)
-      os.umask(umask)
-      os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes it private; out should not be.
-    except BaseException:
-      self._remove_parents()
-      raise
-    return self.tmp
-
-  def _remove_parents(self) -> None:
-    for folder in self._created:
-      try:
-        os.rmdir(folder)
-      except OSError:
-        break
-
-  def __exit__(self, kind, value, traceback) -> None:
-    if kind is None:
-      try:
-        self._commit()
-        return
-      except BaseException:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(self.tmp, ignore_errors=True)
-    self._remove_parents()
-
-  def _commit(self) -> None:
-    out = self.out
-    if not os.path.lexists(out) or (os.path.isdir(out) and not os.listdir(out)):
-      os.rename(self.tmp, out)  # replaces an empty folder atomically
-      return
-    _check_out(out, self.overwrite)  # became non-empty meanwhile: refuse unless overwrite
-    parent, name = os.path.split(self.tmp)
-    old = os.path.join(parent, name.replace('.partial-', '.old-', 1))
-    os.rename(out, old)
-    try:
-      os.rename(self.tmp, out)
-    except BaseException:
-      os.rename(old, out)
-      raise
-    shutil.rmtree(old, ignore_errors=True)
+  clash = zoo_lib.input_clash(out, protect)
+  if clash:
+    raise FileExistsError(f'{out} {clash}')
+  found = zoo_lib.folder_kind(out)
+  if kind is not None and found not in (None, kind):
+    raise FileExistsError(f'{out} holds {zoo_lib.KIND_NAMES[found]}, not '
+                          f'{zoo_lib.KIND_NAMES[kind].split(" (")[0]}; --overwrite replaces '
+                          'only that kind (choose another folder)')
 
 
 def _folder_bytes(folder: str) -> int:
@@ -241,7 +176,7 @@ def export_zoo(zoo_dir: str, out: str, *, test_fraction: float = 0.2, seed: int 
   """
   if not prefix or prefix in ('.', '..') or '/' in prefix or os.sep in prefix:
     raise ValueError(f'prefix {prefix!r} cannot start a folder name')
-  _check_out(out, overwrite, protect=[zoo_dir])
+  _check_out(out, overwrite, protect=[zoo_dir], kind='release')
   zoo = zoo_lib.load_zoo(zoo_dir)
   table, where = zoo.table, os.path.join(zoo_dir, zoo_lib.MODELS_FILE)
   if 'steps_per_epoch' not in table.columns:
@@ -262,7 +197,7 @@ def export_zoo(zoo_dir: str, out: str, *, test_fraction: float = 0.2, seed: int 
   curves = _model_curves(zoo, rows)  # checked before anything is written
   names = {int(i): f'{prefix}_{int(table["model_id"].iloc[i]):06d}' for i in rows}
 
-  with _OutputFolder(out, overwrite) as tmp:
+  with zoo_lib.OutputFolder(out, lambda o: _check_out(o, overwrite, kind='release')) as tmp:
     for i, (errors, stat) in _progress(list(zip(rows, curves)), progress, 'exporting nets'):
       properties = table.iloc[int(i)][list(space.PROPERTY_NAMES)].to_dict()
       release_lib.write_net(os.path.join(tmp, NETS_DIR, names[int(i)]),
@@ -309,6 +244,10 @@ def _read_net(folder: str, n: int, num_snapshots: int = release_lib.NUM_SNAPSHOT
         raise release_lib.DamagedNetError(
             f'{os.path.join(folder, release_lib.STAT_FILE)}: {exports} exports, not a whole '
             'number ≥ 1')
+      if errors is not None and len(errors) != int(exports):
+        raise release_lib.DamagedNetError(
+            f'{os.path.join(folder, release_lib.ERROR_FILE)}: {len(errors)} rows, but stat.bin '
+            f'counts {int(exports)} exported epochs (a row each; truncated?)')
   except OSError as e:
     raise release_lib.DamagedNetError(f'{folder}: {e}') from e
   return vectors, errors, stat
@@ -339,16 +278,16 @@ def import_release(csv_paths: Sequence[str] | str, out: str, *, on_damaged: str 
   if on_damaged not in release_lib.ON_DAMAGED:
     raise ValueError(f'unknown on_damaged {on_damaged!r}; choose from: '
                      + ', '.join(release_lib.ON_DAMAGED))
-  _check_out(out, overwrite, protect=csv_paths)
+  _check_out(out, overwrite, protect=csv_paths, kind='zoo')
   release = release_lib.open_release(csv_paths, on_damaged=on_damaged, scan_nans=scan_nans,
                                      progress=progress)
-  _check_out(out, overwrite, protect=release.table['path'].tolist())
+  _check_out(out, overwrite, protect=release.table['path'].tolist(), kind='zoo')
   damaged = [dict(path=r.path, reason=r.reason) for r in release.damaged.itertuples()]
   chunk_bytes = chunk_mb * 2 ** 20
   rows, curves = [], []
   pending, pending_numbers, pending_bytes, chunks, total = [], [], 0, 0, 0
 
-  with _OutputFolder(out, overwrite) as tmp:
+  with zoo_lib.OutputFolder(out, lambda o: _check_out(o, overwrite, kind='zoo')) as tmp:
     writer = snapshots_lib.ChunkWriter(os.path.join(tmp, zoo_lib.SNAPSHOTS_DIR))
 
     def flush():

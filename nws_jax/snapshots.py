@@ -243,17 +243,42 @@ def is_complete(directory: str) -> bool:
 
 
 def load_snapshots(directory: str) -> tuple[Snapshots, np.ndarray]:
-  """Reads (Snapshots, export numbers int [models, S]) from `directory`, every chunk in order."""
+  """Reads (Snapshots, export numbers int [models, S]) from `directory`, every chunk in order.
+
+  Raises FileNotFoundError when `directory` holds no finished chunk, ValueError when a chunk is
+  missing (chunks are steps 0, 1, … with none left out) or does not hold a [k, S] export_numbers,
+  k lengths and their weights; Orbax's own errors for a chunk it cannot read (a truncated or
+  overwritten file). Damage inside the compressed weights that still decodes is not detected.
+  """
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'no snapshots checkpoint in {directory}: not a directory')
   manager = ocp.CheckpointManager(os.path.abspath(directory))
   try:
     steps = sorted(manager.all_steps())
     if not steps:
       raise FileNotFoundError(f'no snapshots checkpoint in {directory}')
+    if steps != list(range(len(steps))):
+      gap = min(set(range(steps[-1] + 1)) - set(steps))
+      raise ValueError(f'chunk {gap} of the snapshots in {directory} is missing (chunks '
+                       f'{steps[0]}..{steps[-1]}, {len(steps)} present)')
     chunks = [manager.restore(step, args=ocp.args.StandardRestore()) for step in steps]
   finally:
     manager.close()
+  num_snapshots = None
+  for step, c in zip(steps, chunks):
+    shapes = {k: np.shape(c[k]) for k in ('weights', 'lengths', 'export_numbers') if k in c}
+    ok = (len(shapes) == 3 and len(shapes['weights']) == 1 and len(shapes['lengths']) == 1
+          and len(shapes['export_numbers']) == 2
+          and shapes['export_numbers'][0] == shapes['lengths'][0]
+          and shapes['export_numbers'][1] == (num_snapshots or shapes['export_numbers'][1]))
+    if not ok:
+      raise ValueError(f'chunk {step} of the snapshots in {directory} is malformed ('
+                       + ', '.join(f'{k} {list(v)}' for k, v in shapes.items()) + ')')
+    num_snapshots = shapes['export_numbers'][1]
   numbers = np.concatenate([np.asarray(c['export_numbers']) for c in chunks])
   lengths = np.concatenate([np.asarray(c['lengths'], np.int64) for c in chunks])
+  if (lengths < 0).any():
+    raise ValueError(f'the snapshots in {directory} have negative vector lengths')
   flat = (np.asarray(chunks[0]['weights'], np.float32) if len(chunks) == 1 else
           np.concatenate([np.asarray(c['weights'], np.float32) for c in chunks]))
   return Snapshots(flat, lengths, numbers.shape[1]), numbers

@@ -14,10 +14,13 @@ one vectorised program on random slices of the snapshots; then the evaluations (
 chance, votes over many slices, accuracy against slice position and snapshot number, conv versus
 dense part) and a gradient-boosted-tree baseline, each as CSV and PNG in the workdir.
 --evaluate_only reruns the evaluations from the saved checkpoint (with the run's evaluation
-options, except those given as flags). Exit code 2 for bad flags, a
-missing or damaged zoo, an unknown or constant property, a slice longer than the weights, an empty
-snapshot range, a damaged release net (unless --on_damaged=skip), or a non-empty workdir (unless
---overwrite).
+options, except those given as flags). Exit code 2, with one line on stderr and the workdir left
+as it was, for bad flags (out-of-range numbers too), a missing or damaged zoo (files that are not
+JSON or CSV, truncated, a snapshots checkpoint Orbax cannot read), an unknown or constant
+property, a slice longer than the weights, an empty snapshot range, a damaged release net (unless
+--on_damaged=skip), a non-empty workdir (unless --overwrite; never one that holds a zoo or a
+release, or the nets read), or, with --evaluate_only, a workdir that holds no intact run. A run is
+written into a hidden sibling of the workdir and moved into place once complete.
 """
 
 import functools

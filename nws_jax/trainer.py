@@ -490,7 +490,7 @@ class ZooTrainer:
     initialised. The models of the closed wave must have stopped."""
     if self.wave + 1 >= self.num_waves:
       raise ValueError('no wave left')
-    state = [None] * len(self.groups)
+    del state  # The closed wave's arrays: freed with the caller's reference.
     self._train = {}
     for program in (_train_program, _init_program, _refill_program, _eval_program,
                     _flatten_program, _order_program, _take_program):

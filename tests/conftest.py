@@ -1,6 +1,15 @@
 """Shared fixtures: tiny offline datasets, built once per session."""
 
+import os
+import tempfile
+
 import pytest
+
+# One persistent compilation cache for the session's workers and the command lines they start
+# (set before JAX is imported): many tests compile the same programs in other processes.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+    tempfile.gettempdir(),
+    f'nws_jax_test_jit_cache_{os.environ.get("PYTEST_XDIST_TESTRUNUID", os.getpid())}'))
 
 from nws_jax import datasets
 

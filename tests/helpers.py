@@ -50,3 +50,18 @@ def build_crashing_after(config, workdir, rounds, check=None):
     patch.setattr(zoo_builder._StateCheckpointer, 'save', save_then_crash)
     with pytest.raises(KeyboardInterrupt):
       zoo_builder.build_zoo(config, workdir)
+
+
+class MemoryWriter:
+  """An export writer in memory: what `snapshots.gather_snapshots` reads, the arrays of each
+  export number (`trainer.train(on_export=writer.save)`)."""
+
+  def __init__(self):
+    self.saved = {}
+
+  def save(self, number, arrays):
+    import numpy as np
+    self.saved[number] = [np.asarray(a) for a in arrays]
+
+  def read(self, number):
+    return self.saved[number]

@@ -15,6 +15,7 @@ from nws_jax import snapshots
 from nws_jax import space
 from nws_jax import trainer as trainer_lib
 from nws_jax import zoo_builder
+from helpers import MemoryWriter
 
 NAMES = ('gratings', 'shapes')
 BASE = space.ModelConfig(dataset='gratings', lrate=0.004, batch_size=64, batch_norm=True,
@@ -32,19 +33,6 @@ RULES = early_stopping.StoppingRules(min_epochs=1, max_epochs=3)
 # per epoch in calls of two: a model that diverges in the first call must sit out the second.
 OPTIONS = dict(seed=2, rules=RULES, steps_per_call=2, slots_per_group=2,
                train_models_per_chunk=1, eval_models_per_chunk=1)
-
-
-class _MemoryWriter:
-  """What `snapshots.gather_snapshots` reads: the arrays of each export number."""
-
-  def __init__(self):
-    self.saved = {}
-
-  def save(self, number, arrays):
-    self.saved[number] = [np.asarray(a) for a in arrays]
-
-  def read(self, number):
-    return self.saved[number]
 
 
 def _trainer(tiny_datasets, configs):
@@ -65,7 +53,7 @@ def _exports(trainer, result, writer, m):
 
 def _run(tiny_datasets, configs):
   trainer = _trainer(tiny_datasets, configs)
-  writer = _MemoryWriter()
+  writer = MemoryWriter()
   result = trainer_lib.train(trainer, on_export=writer.save)
   return trainer, result, writer
 

@@ -13,6 +13,7 @@ from nws_jax import input_pipeline
 from nws_jax import snapshots
 from nws_jax import space
 from nws_jax import trainer as trainer_lib
+from helpers import MemoryWriter
 
 NAMES = ('gratings', 'shapes')
 BASE = space.ModelConfig(dataset='gratings', lrate=0.004, batch_size=64, batch_norm=True,
@@ -31,19 +32,6 @@ VARIANTS = {'all at once': {}, 'one slot': dict(slots_per_group=1),
             'compact': dict(compact=True), 'waves': dict(max_programs=1)}
 
 
-class _MemoryWriter:
-  """What `snapshots.gather_snapshots` reads: the arrays of each export number."""
-
-  def __init__(self):
-    self.saved = {}
-
-  def save(self, number, arrays):
-    self.saved[number] = [np.asarray(a) for a in arrays]
-
-  def read(self, number):
-    return self.saved[number]
-
-
 def _run(tiny_datasets, **options):
   data = input_pipeline.stack(tiny_datasets)
   sizes = [input_pipeline.balanced_size(d.train_labels) for d in tiny_datasets]
@@ -52,7 +40,7 @@ def _run(tiny_datasets, **options):
   cfg = trainer_lib.TrainConfig(seed=2, rules=RULES, train_models_per_chunk=1,
                                 eval_models_per_chunk=1, **options)
   trainer = trainer_lib.ZooTrainer(CONFIGS, [0, 1, 2, 3], data, NAMES, sizes, cfg)
-  writer = _MemoryWriter()
+  writer = MemoryWriter()
   rounds = []  # after each round: (wave, each group's slot occupants)
   result = trainer_lib.train(
       trainer, on_export=writer.save,

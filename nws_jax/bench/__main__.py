@@ -102,6 +102,10 @@ def main(argv):
     _fail(str(e))
   if FLAGS.json_out and not os.path.isdir(os.path.dirname(os.path.abspath(FLAGS.json_out))):
     _fail(f'--json_out: no directory {os.path.dirname(os.path.abspath(FLAGS.json_out))}')
+  if FLAGS.json_out and os.path.isdir(FLAGS.json_out):
+    _fail(f'--json_out: {FLAGS.json_out} is a directory; name a file')
+  if FLAGS.workdir and os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
+    _fail(f'--workdir: {FLAGS.workdir} exists and is not a directory')
   out = report.JsonLines(FLAGS.json_out) if FLAGS.json_out else None
   rows = []
   for suite in suites:

@@ -140,7 +140,7 @@ class _Epochs:
 
   def _args(self, state, hyper, epoch):
     epochs = jnp.full(len(self.group.members), epoch, jnp.int32)  # One epoch for every slot.
-    order = trainer_lib._order_program(hyper, epochs, self.trainer.data)
+    order = trainer_lib._order_program(self.trainer.mesh)(hyper, epochs, self.trainer.data)
     return state, hyper, order, self.active, epochs, jnp.int32(0), self.trainer.data
 
   def compile(self):

@@ -2,16 +2,16 @@
 
 `train_and_evaluate(config, source, workdir)` checks everything before it touches the workdir,
 trains every chosen property in one program, saves the run (store.py), then runs the evaluations
-and the baseline and writes their CSVs and PNGs. The source is a zoo of ours (a workdir path) or
-the published release read from disk (`source.from_release`). `evaluate_workdir(workdir)` reruns
-the evaluations from the saved checkpoint without training.
+and the baseline and writes their CSVs and PNGs, all into a hidden sibling of the workdir that
+replaces it only once complete (an error leaves the workdir exactly as it was). The source is a
+zoo of ours (a workdir path) or the published release read from disk (`source.from_release`).
+`evaluate_workdir(workdir)` reruns the evaluations from the saved checkpoint without training.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -48,8 +48,11 @@ class EvalOptions:
   def validate(self) -> None:
     for name in ('ensemble_slices', 'positions', 'snapshot_slices', 'baseline_slices',
                  'baseline_threads'):
-      if getattr(self, name) < 1:
-        raise ValueError(f'{name} must be at least 1, got {getattr(self, name)}')
+      value = getattr(self, name)
+      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f'{name} must be an integer of at least 1, got {value!r}')
+    if not isinstance(self.baseline, (bool, np.bool_)):
+      raise ValueError(f'baseline must be true or false, got {self.baseline!r}')
 
 
 @dataclasses.dataclass
@@ -98,17 +101,29 @@ def train_and_evaluate(config: train_lib.MetaConfig, source: source_lib.WeightSo
     source = source_lib.from_zoo(source)
   options.validate()
   split, targets = plan(config, source)
-  store.prepare_workdir(workdir, overwrite=overwrite)
-  try:
+  # Every check before anything is written; the run is written into a hidden sibling of the
+  # workdir and moved into place once evaluated, so an error leaves the workdir as it was.
+  workdir = os.path.realpath(workdir)  # a symbolic link to a folder stays a link
+  inputs = input_paths(source)
+  store.check_workdir(workdir, overwrite=overwrite, protect=inputs)
+  check = lambda out: store.check_workdir(out, overwrite=overwrite, protect=inputs)
+  with zoo_lib.OutputFolder(workdir, check) as tmp:
     damaged = getattr(source.reader, 'damaged', None)
     if damaged is not None and len(damaged):
-      zoo_lib.write_csv_atomic(damaged, os.path.join(workdir, DAMAGED_FILE))
+      zoo_lib.write_csv_atomic(damaged, os.path.join(tmp, DAMAGED_FILE))
     run = train_lib.fit(config, source.table, source.reader, split, targets, progress=progress)
-    store.save_run(workdir, run, source.description)
-  except BaseException:
-    shutil.rmtree(workdir, ignore_errors=True)  # it was empty (or --overwrite emptied it)
-    raise
-  return evaluate_run(run, source, workdir, options)
+    store.save_run(tmp, run, source.description)
+    results = evaluate_run(run, source, tmp, options)
+  return results
+
+
+def input_paths(source: source_lib.WeightSource) -> list[str]:
+  """The files and folders a run reads (a zoo's folder; a release's CSVs and net folders): a
+  workdir replaced with overwrite must not hold them."""
+  d = source.description
+  if d.get('kind') == 'release':
+    return list(d['train_csvs']) + list(d['test_csvs']) + source.table['path'].tolist()
+  return [d['zoo']]
 
 
 def evaluate_workdir(workdir: str, *, options: dict | None = None,
@@ -116,11 +131,22 @@ def evaluate_workdir(workdir: str, *, options: dict | None = None,
   """Reruns the evaluations of a saved run (on the nets it read unless `zoo_dir` is given), with
   the run's saved EvalOptions updated by `options` (field name -> value)."""
   run = store.load_run(workdir)
-  options = dataclasses.replace(EvalOptions(**store.read_eval_options(workdir)),
-                                **(options or {}))
+  fields = [f.name for f in dataclasses.fields(EvalOptions)]
+  saved = EvalOptions(**store.read_eval_options(workdir, known=fields))
+  try:
+    saved.validate()
+  except ValueError as e:
+    raise store.MetaWorkdirError(f'{os.path.join(workdir, store.EVAL_FILE)} is damaged ({e})') \
+        from e
+  options = dataclasses.replace(saved, **(options or {}))
   options.validate()
   _, saved_source = store.read_config(workdir)
   source = source_lib.open_source(saved_source, zoo_dir)
+  try:
+    split_lib.check_split(run.split, len(source.table),
+                          os.path.join(workdir, store.SPLIT_FILE))
+  except split_lib.SplitError as e:
+    raise store.MetaWorkdirError(f'{e} (damaged?)') from e
   return evaluate_run(run, source, workdir, options)
 
 

@@ -41,6 +41,7 @@ def make_split(model_ids: np.ndarray, seed: int, test_fraction: float = 0.2,
   round(valid_fraction·rest) validation models; the others train. Raises SplitError when the
   test or training side would be empty (validation may be empty)."""
   model_ids = np.asarray(model_ids, np.int64)
+  _check_seed(seed)
   if not 0 < test_fraction < 1:
     raise SplitError(f'test_fraction must be in (0, 1), got {test_fraction}')
   if not 0 <= valid_fraction < 1:
@@ -60,6 +61,7 @@ def split_with_test(train_ids: np.ndarray, test_ids: np.ndarray, seed: int,
   """A split whose meta-test side is given (the release's test CSV): a seeded valid_fraction of
   `train_ids` validates, the rest trains. Raises SplitError for an empty or overlapping side."""
   train_ids, test_ids = np.asarray(train_ids, np.int64), np.asarray(test_ids, np.int64)
+  _check_seed(seed)
   if not 0 <= valid_fraction < 1:
     raise SplitError(f'valid_fraction must be in [0, 1), got {valid_fraction}')
   if np.intersect1d(train_ids, test_ids).size:
@@ -72,10 +74,44 @@ def split_with_test(train_ids: np.ndarray, test_ids: np.ndarray, seed: int,
   return ModelSplit(np.sort(order[n_valid:]), np.sort(order[:n_valid]), np.sort(test_ids))
 
 
+def _check_seed(seed) -> None:
+  if not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise SplitError(f'seed must be a non-negative integer, got {seed}')
+
+
+def check_split(split: ModelSplit, num_models: int, where: str = 'the split') -> None:
+  """Raises SplitError unless every side holds distinct row indices in 0..num_models-1, no model
+  is on two sides, and the training and test sides are not empty."""
+  sides = [np.asarray(getattr(split, k)) for k in ('train', 'valid', 'test')]
+  everything = np.concatenate(sides)
+  outside = everything[(everything < 0) | (everything >= num_models)]
+  if outside.size:
+    raise SplitError(f'{where} names model {int(outside[0])}, but the nets are rows '
+                     f'0..{num_models - 1}')
+  if len(np.unique(everything)) != everything.size:
+    raise SplitError(f'{where} puts a model twice (on one side or on two)')
+  if not len(split.train) or not len(split.test):
+    raise SplitError(f'{where} has no {"training" if not len(split.train) else "test"} models')
+
+
 def save_split(path: str, split: ModelSplit) -> None:
   zoo_lib.write_json_atomic(split.to_json(), path)
 
 
 def load_split(path: str) -> ModelSplit:
-  with open(path) as f:
-    return ModelSplit.from_json(json.load(f))
+  """Reads split.json; raises SplitError naming the file when it is damaged (not JSON, a side
+  missing, or indices that are not non-negative integers, distinct and on one side each)."""
+  try:
+    with open(path, 'rb') as f:
+      saved = json.loads(f.read().decode('utf-8'))
+  except (ValueError, UnicodeDecodeError) as e:
+    raise SplitError(f'{path} is damaged (not valid JSON: {zoo_lib.short_error(e, 80)})') from e
+  if not isinstance(saved, dict) or any(k not in saved for k in ('train', 'valid', 'test')):
+    raise SplitError(f'{path} is damaged (it must hold the train, valid and test sides)')
+  sides = [saved[k] for k in ('train', 'valid', 'test')]
+  if not all(isinstance(side, list) and all(isinstance(i, int) and not isinstance(i, bool)
+                                            and i >= 0 for i in side) for side in sides):
+    raise SplitError(f'{path} is damaged (its sides must be lists of model indices)')
+  split = ModelSplit.from_json(saved)
+  check_split(split, max([i + 1 for side in sides for i in side], default=0), path)
+  return split

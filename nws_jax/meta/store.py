@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+from typing import Sequence
 
 import jax
 import orbax.checkpoint as ocp
-import pandas as pd
 
+from nws_jax import space
 from nws_jax import zoo as zoo_lib
 from nws_jax.meta import model as model_lib
 from nws_jax.meta import split as split_lib
@@ -40,16 +40,35 @@ class MetaWorkdirError(RuntimeError):
   """A workdir that cannot be used as asked, or that holds no readable trained run."""
 
 
-def prepare_workdir(workdir: str, *, overwrite: bool) -> None:
-  """Creates `workdir`; a non-empty one is refused unless overwrite (then it is emptied)."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+def check_workdir(workdir: str, *, overwrite: bool, protect: Sequence[str] = ()) -> None:
+  """Raises MetaWorkdirError unless a run may be written to `workdir`: absent, an empty folder,
+  or, with overwrite, a folder that holds no zoo or release (zoo.folder_kind) and neither holds
+  nor lies inside one of the inputs in `protect` (the zoo, the release's CSVs and nets).
+  Touches nothing: the run is written elsewhere and moved into place (zoo.OutputFolder)."""
+  if os.path.lexists(workdir) and not os.path.isdir(workdir):
     raise MetaWorkdirError(f'workdir {workdir} exists and is not a directory')
-  if os.path.isdir(workdir) and os.listdir(workdir):
-    if not overwrite:
-      raise MetaWorkdirError(f'workdir {workdir} is not empty; pass --overwrite to replace it '
-                             'or --evaluate_only to re-evaluate the run in it')
-    shutil.rmtree(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  if not os.path.isdir(workdir) or not os.listdir(workdir):
+    return
+  if not overwrite:
+    raise MetaWorkdirError(f'workdir {workdir} is not empty; pass --overwrite to replace it '
+                           'or --evaluate_only to re-evaluate the run in it')
+  clash = zoo_lib.input_clash(workdir, protect)
+  if clash:
+    raise MetaWorkdirError(f'workdir {workdir} {clash} (--overwrite)')
+  kind = zoo_lib.folder_kind(workdir)
+  if kind in ('zoo', 'release'):
+    raise MetaWorkdirError(f'workdir {workdir} holds {zoo_lib.KIND_NAMES[kind]}, not a '
+                           'meta-classifier run; --overwrite replaces only a meta-classifier '
+                           'run (choose another workdir)')
+
+
+def _read_json(path: str):
+  try:
+    with open(path, 'rb') as f:
+      return json.loads(f.read().decode('utf-8'))
+  except (ValueError, UnicodeDecodeError) as e:
+    raise MetaWorkdirError(f'{path} is damaged (not valid JSON: {zoo_lib.short_error(e, 80)})') \
+        from e
 
 
 def save_run(workdir: str, run: train_lib.MetaRun, source: dict) -> None:
@@ -72,14 +91,35 @@ def save_run(workdir: str, run: train_lib.MetaRun, source: dict) -> None:
 
 
 def read_config(workdir: str) -> tuple[train_lib.MetaConfig, dict]:
-  """(the run's MetaConfig, the description of the nets it read: `source.open_source`'s)."""
+  """(the run's MetaConfig, the description of the nets it read: `source.open_source`'s); raises
+  MetaWorkdirError for a workdir that holds no run (a zoo, a release, nothing) or a damaged
+  config.json."""
   path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise MetaWorkdirError(f'{workdir} holds no meta-classifier run ({CONFIG_FILE} is missing)')
-  with open(path) as f:
-    saved = json.load(f)
-  source = saved.get('source') or {'kind': 'zoo', 'zoo': saved['zoo']}
-  return train_lib.MetaConfig.from_json(saved['meta']), source
+  kind = zoo_lib.folder_kind(workdir)
+  not_a_run = (f'{workdir} holds {zoo_lib.KIND_NAMES[kind]}, not a meta-classifier run'
+               if kind in ('zoo', 'release') else None)
+  if not os.path.isfile(path):
+    raise MetaWorkdirError(not_a_run or f'{workdir} holds no meta-classifier run '
+                           f'({CONFIG_FILE} is missing)')
+  saved = _read_json(path)
+  if not isinstance(saved, dict) or 'meta' not in saved:
+    raise MetaWorkdirError(not_a_run or f'{path} is not a meta-classifier run\'s (no "meta" '
+                           'entry)')
+  try:
+    config = train_lib.MetaConfig.from_json(saved['meta'])
+    config.validate()
+    source = saved.get('source') or {'kind': 'zoo', 'zoo': saved['zoo']}
+    if source.get('kind') == 'release':
+      fields = dict(train_csvs=list, test_csvs=list, on_damaged=str, scan_nans=bool)
+    else:
+      fields = dict(zoo=str)
+    for name, kind_of in fields.items():
+      if not isinstance(source[name], kind_of):
+        raise TypeError(f'source {name} is not a {kind_of.__name__}')
+  except (KeyError, TypeError, ValueError, AttributeError) as e:
+    raise MetaWorkdirError(f'{path} is damaged ({type(e).__name__}: '
+                           f'{zoo_lib.short_error(e, 120)})') from e
+  return config, source
 
 
 def load_run(workdir: str) -> train_lib.MetaRun:
@@ -89,27 +129,38 @@ def load_run(workdir: str) -> train_lib.MetaRun:
     if not os.path.exists(os.path.join(workdir, name)):
       raise MetaWorkdirError(f'{workdir} holds no finished meta-classifier run ({name} is '
                              'missing)')
-  with open(os.path.join(workdir, RUN_FILE)) as f:
-    saved = json.load(f)
-  targets = [targets_lib.PropertyTarget.from_json(t) for t in saved['targets']]
-  s = saved['spec']
-  spec = model_lib.ModelSpec(s['slice_length'], tuple(s['conv_widths']),
-                             tuple(s['dense_widths']), s['num_outputs'])
+  path = os.path.join(workdir, RUN_FILE)
+  saved = _read_json(path)
+  try:
+    targets = [targets_lib.PropertyTarget.from_json(t) for t in saved['targets']]
+    s = saved['spec']
+    spec = model_lib.ModelSpec(int(s['slice_length']), tuple(int(w) for w in s['conv_widths']),
+                               tuple(int(w) for w in s['dense_widths']), int(s['num_outputs']))
+    if not targets or any(t.name not in space.PROPERTY_NAMES for t in targets):
+      raise ValueError('no targets, or an unknown property')
+  except (KeyError, TypeError, ValueError, AttributeError) as e:
+    raise MetaWorkdirError(f'{path} is damaged ({type(e).__name__}: '
+                           f'{zoo_lib.short_error(e, 120)})') from e
   codes = jax.numpy.asarray([t.code for t in targets])
   member_keys = train_lib.member_keys_for(config.seed, codes)
   abstract = jax.eval_shape(lambda k: train_lib.init_members(
       k, spec=spec, learning_rate=config.learning_rate), member_keys)
   target = {'params': abstract['params'], 'batch_stats': abstract['batch_stats']}
+  checkpoint = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
   checkpointer = ocp.StandardCheckpointer()
   try:
-    restored = checkpointer.restore(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
-                                    target)
+    zoo_lib.check_checkpoint_files(checkpoint)
+    restored = checkpointer.restore(checkpoint, target)
   except Exception as e:  # Orbax raises many types for a damaged checkpoint.
-    raise MetaWorkdirError(f'{workdir}: cannot read the meta-classifier checkpoint: {e}') from e
+    raise MetaWorkdirError(f'{workdir}: cannot read the meta-classifier checkpoint: '
+                           f'{zoo_lib.short_error(e)}') from e
   finally:
     checkpointer.close()
-  history = pd.read_csv(os.path.join(workdir, HISTORY_FILE))
-  split = split_lib.load_split(os.path.join(workdir, SPLIT_FILE))
+  try:
+    history = zoo_lib.read_csv(os.path.join(workdir, HISTORY_FILE))
+    split = split_lib.load_split(os.path.join(workdir, SPLIT_FILE))
+  except (zoo_lib.ZooError, split_lib.SplitError) as e:
+    raise MetaWorkdirError(str(e)) from e
   return train_lib.MetaRun(config, targets, split, spec, restored['params'],
                            restored['batch_stats'], history)
 
@@ -118,10 +169,17 @@ def save_eval_options(workdir: str, options: dict) -> None:
   zoo_lib.write_json_atomic(options, os.path.join(workdir, EVAL_FILE))
 
 
-def read_eval_options(workdir: str) -> dict:
-  """The evaluation options last used in `workdir` ({} if none were saved)."""
+def read_eval_options(workdir: str, known: Sequence[str] | None = None) -> dict:
+  """The evaluation options last used in `workdir` ({} if none were saved); raises
+  MetaWorkdirError when the file is damaged (not a JSON object, or names an option not in
+  `known`)."""
   path = os.path.join(workdir, EVAL_FILE)
   if not os.path.exists(path):
     return {}
-  with open(path) as f:
-    return json.load(f)
+  saved = _read_json(path)
+  if not isinstance(saved, dict):
+    raise MetaWorkdirError(f'{path} is damaged (not a JSON object)')
+  unknown = [k for k in saved if known is not None and k not in known]
+  if unknown:
+    raise MetaWorkdirError(f'{path} is damaged (unknown option {unknown[0]!r})')
+  return saved

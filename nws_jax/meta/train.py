@@ -18,6 +18,12 @@ Where the slices come from (source.py): a zoo's snapshots sit on the device and 
 jitted `lax.scan` that gathers its slices there; the release is read from disk, so the same
 epoch plan (order, offsets, balance) is drawn on the device, the host reads each step's slices
 and a jitted step trains on them. Both paths draw the same slices and take the same steps.
+
+With several devices (sharding.py), `fit` splits the members over all of them: the member axis
+is padded to a multiple of the device count with copies of the last member, each device runs
+the programs above on its own members (`jax.shard_map`; members never communicate) with the
+snapshots and training pairs whole on every device, and every result is cut back to the real
+members before it leaves `fit`. On one device the programs are those above, unchanged.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import numpy as np
 import optax
 import pandas as pd
 
+from nws_jax import sharding
 from nws_jax.meta import model as model_lib
 from nws_jax.meta import slices as slices_lib
 from nws_jax.meta import source as source_lib
@@ -76,8 +83,10 @@ class MetaConfig:
     for name in ('epochs', 'batch_size', 'valid_slices', 'slice_length'):
       if getattr(self, name) < 1:
         raise ValueError(f'{name} must be at least 1, got {getattr(self, name)}')
-    if self.learning_rate <= 0:
-      raise ValueError(f'learning_rate must be positive, got {self.learning_rate}')
+    if not 0 < self.learning_rate < float('inf'):  # NaN too
+      raise ValueError(f'learning_rate must be a positive number, got {self.learning_rate}')
+    if self.seed < 0:
+      raise ValueError(f'seed must be non-negative, got {self.seed}')
     if self.part not in slices_lib.PARTS:
       raise ValueError(f'unknown part {self.part!r}; choose from: ' + ', '.join(slices_lib.PARTS))
     if not self.dense_widths or min(self.dense_widths) < 1:
@@ -317,27 +326,75 @@ def train_step(state: dict, batch: jax.Array, i: jax.Array, models, positions, l
                        tx=_optimizer(learning_rate))
 
 
+# --- the members split over devices -----------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _on_members(program, mesh, in_specs: str, out_specs, donate: tuple[int, ...] = (),
+                **static):
+  """`program` (one of the jitted programs here, given its static arguments `static`) run by
+  every device of `mesh` on its own members: in_specs, one letter per argument, 'M' split by
+  members (leading axis) or 'R' whole on every device; out_specs likewise, per output. The
+  members never communicate, so shard_map needs no collective. On one device (or mesh None),
+  the program itself, as it always ran."""
+  bound = functools.partial(program, **static)
+  if mesh is None or mesh.size == 1:
+    return bound
+  spec = {'M': jax.sharding.PartitionSpec(sharding.MODELS), 'R': jax.sharding.PartitionSpec()}
+  return jax.jit(jax.shard_map(bound, mesh=mesh, in_specs=tuple(spec[s] for s in in_specs),
+                               out_specs=jax.tree.map(spec.get, out_specs), check_vma=False),
+                 donate_argnums=donate)
+
+
+def _members_mesh(tree):
+  """The mesh whose devices hold `tree`'s members (every leaf split by its leading axis over a
+  one-axis models mesh of several devices, as `fit` places them), or None."""
+  s = getattr(jax.tree.leaves(tree)[0], 'sharding', None)
+  if (isinstance(s, jax.sharding.NamedSharding) and s.mesh.size > 1
+      and tuple(s.mesh.axis_names) == (sharding.MODELS,) and len(s.spec)
+      and s.spec[0] == sharding.MODELS):
+    return s.mesh
+  return None
+
+
+def split_members(data: MetaData, mesh) -> MetaData:
+  """`data` placed on `mesh`: its per-member arrays (labels, values, is_regression, num_classes,
+  codes) padded to a multiple of the device count with copies of the last member and split
+  over the devices, the shared ones (snapshot layout, lo, hi) whole on every device. On one
+  device, `data` as it is."""
+  if mesh.size == 1:
+    return data
+  p = data.labels.shape[0]
+  index = np.minimum(np.arange(sharding.round_up(p, mesh)), p - 1)
+  members = {k: sharding.put_models(np.asarray(getattr(data, k))[index], mesh)
+             for k in ('labels', 'values', 'is_regression', 'num_classes', 'codes')}
+  shared = {k: sharding.put_replicated(getattr(data, k), mesh) for k in ('layout', 'lo', 'hi')}
+  return dataclasses.replace(data, **members, **shared)
+
+
 def train_epoch_from_host(state: dict, epoch: int, seed_key: jax.Array, member_keys: jax.Array,
                           data: MetaData, train_models: jax.Array, train_snaps: jax.Array, *,
                           spec: model_lib.ModelSpec, learning_rate: float,
-                          batch_size: int) -> tuple[dict, jax.Array]:
+                          batch_size: int, mesh=None) -> tuple[dict, jax.Array]:
   """`train_epoch` for slices read on the host by `data.reader` (a Release): the device plans
   the epoch, the host reads each step's slices while the device runs the step before (dispatch
   is asynchronous), and one jitted step trains on them. train_models, train_snaps: the
-  meta-training pairs on the device, int32 [K] each."""
-  plan, weights, dropout_keys = epoch_plan(
-      jnp.int32(epoch), seed_key, member_keys, data.labels, data.is_regression, data.lo, data.hi,
-      train_models, train_snaps, batch_size=batch_size, length=spec.slice_length,
-      num_outputs=spec.num_outputs)
+  meta-training pairs on the device, int32 [K] each. mesh: the devices the members are split
+  over (`split_members`), or None (one device)."""
+  plan, weights, dropout_keys = _on_members(
+      epoch_plan, mesh, 'RRMMMRRRR', ('R', 'M', 'M'), batch_size=batch_size,
+      length=spec.slice_length, num_outputs=spec.num_outputs)(
+          jnp.int32(epoch), seed_key, member_keys, data.labels, data.is_regression, data.lo,
+          data.hi, train_models, train_snaps)
   host = jax.device_get(plan)
+  step = _on_members(train_step, mesh, 'MRRRRMMMMMM', ('M', 'M'), (0,), spec=spec,
+                     learning_rate=learning_rate)
   losses = []
   for i in range(host['models'].shape[0]):
     batch = data.reader.read(host['models'][i], host['snaps'][i], host['offsets'][i],
                              spec.slice_length)
-    state, loss = train_step(state, batch, jnp.int32(i), host['models'][i],
-                             host['positions'][i], data.labels, data.values, weights,
-                             data.is_regression, data.num_classes, dropout_keys, spec=spec,
-                             learning_rate=learning_rate)
+    state, loss = step(state, batch, jnp.int32(i), host['models'][i], host['positions'][i],
+                       data.labels, data.values, weights, data.is_regression, data.num_classes,
+                       dropout_keys)
     losses.append(loss)
   return state, jnp.stack(losses).mean(axis=0)
 
@@ -360,20 +417,25 @@ def outputs_at(params, stats, spec: model_lib.ModelSpec, snapshots, models: np.n
   """Raw outputs [P, N, num_outputs] (numpy) of the stacked members in inference mode for the
   slices at (model, 0-based snapshot, offset) triples [N], EVAL_CHUNK slices per call.
   snapshots: a DeviceLayout, or a host reader (`Release`, `Snapshots`) whose slices are read on
-  the host."""
+  the host. Members split over several devices (as `fit` holds them) are run there, each
+  device on its own members."""
   n = len(models)
+  mesh = _members_mesh(params)
+  if mesh is not None and isinstance(snapshots, source_lib.DeviceLayout):
+    snapshots = sharding.put_replicated(snapshots, mesh)  # a no-op where it already is
+  from_layout = _on_members(_outputs, mesh, 'MMRRRR', 'M', spec=spec)
+  from_batch = _on_members(_outputs_of, mesh, 'MMR', 'M', spec=spec)
   chunks = []
   for start in range(0, n, EVAL_CHUNK):
     stop = min(start + EVAL_CHUNK, n)
     pad = EVAL_CHUNK - (stop - start)
     take = lambda a: np.pad(np.asarray(a[start:stop], np.int32), (0, pad), mode='edge')
     if isinstance(snapshots, source_lib.DeviceLayout):
-      out = _outputs(params, stats, snapshots, take(models), take(snaps), take(offsets),
-                     spec=spec)
+      out = from_layout(params, stats, snapshots, take(models), take(snaps), take(offsets))
     else:
       batch = snapshots.read(take(models), take(snaps), take(offsets), spec.slice_length)
-      out = _outputs_of(params, stats, jnp.asarray(batch), spec=spec)
-    chunks.append(np.asarray(out)[:, :stop - start])
+      out = from_batch(params, stats, jnp.asarray(batch))
+    chunks.append(sharding.to_host(out)[:, :stop - start])
   if not chunks:
     return np.zeros((len(jax.tree.leaves(params)[0]), 0, spec.num_outputs), np.float32)
   return np.concatenate(chunks, axis=1)
@@ -419,24 +481,36 @@ class MetaRun:
 
 def fit(config: MetaConfig, table: pd.DataFrame, snapshots,
         split: split_lib.ModelSplit, targets: Sequence[targets_lib.PropertyTarget], *,
-        progress: bool = False) -> MetaRun:
+        progress: bool = False, mesh: jax.sharding.Mesh | None = None) -> MetaRun:
   """Trains one meta-classifier per target, all in one program, and keeps each one's best.
 
   snapshots: `Snapshots` or [models, S, n] (held on the device), or a `Release` (read from disk).
+  mesh: the devices the members are split over (default: all, `sharding.model_mesh`); the run
+  returned holds the real members only, on one device, whatever the mesh.
   """
+  mesh = sharding.model_mesh() if mesh is None else mesh
   spec = model_spec(config, targets, table)
   data = prepare(config, table, snapshots, split, targets)
+  num = len(targets)
+  labels_np, values_np = np.asarray(data.labels), np.asarray(data.values)
+  data = split_members(data, mesh)  # on one device, as it is
+  padded = np.minimum(np.arange(sharding.round_up(num, mesh)), num - 1)  # member of each slot
   seed_key = seed_key_for(config.seed)
   member_keys = member_keys_for(config.seed, data.codes)
-  state = init_members(member_keys, spec=spec, learning_rate=config.learning_rate)
+  state = _on_members(init_members, mesh, 'M', 'M', spec=spec,
+                      learning_rate=config.learning_rate)(member_keys)
 
   valid_models, valid_snaps, valid_offsets = slices_lib.random_triples(
       np.random.default_rng([config.seed, _VALID]), split.valid,
       config.slice_spec.snapshot_numbers, np.asarray(data.lo), np.asarray(data.hi),
       spec.slice_length, config.valid_slices)
-  labels_np, values_np = np.asarray(data.labels), np.asarray(data.values)
 
   train_models, train_snaps = (jnp.asarray(a) for a in data.train_pairs)
+  if mesh.size > 1:
+    train_models, train_snaps = sharding.put_replicated((train_models, train_snaps), mesh)
+  epoch_program = _on_members(train_epoch, mesh, 'MRRMRRRMMMMRR', ('M', 'M'), (0,), spec=spec,
+                              learning_rate=config.learning_rate, batch_size=config.batch_size)
+  keep_best = _on_members(_keep_best, mesh, 'MM', 'M')
   rows = []
   epochs = range(config.epochs)
   bar = None
@@ -445,23 +519,26 @@ def fit(config: MetaConfig, table: pd.DataFrame, snapshots,
     bar = tqdm.tqdm(total=config.epochs, desc='meta-classifiers', unit='epoch')
   for epoch in epochs:
     if data.layout is not None:
-      state, losses = train_epoch(
+      state, losses = epoch_program(
           state, jnp.int32(epoch), seed_key, member_keys, data.layout, data.lo, data.hi,
           data.labels, data.values, data.is_regression, data.num_classes, train_models,
-          train_snaps, spec=spec, learning_rate=config.learning_rate,
-          batch_size=config.batch_size)
+          train_snaps)
     else:
       state, losses = train_epoch_from_host(
           state, epoch, seed_key, member_keys, data, train_models, train_snaps, spec=spec,
-          learning_rate=config.learning_rate, batch_size=config.batch_size)
+          learning_rate=config.learning_rate, batch_size=config.batch_size, mesh=mesh)
     if len(valid_models):
       out = outputs_at(state['params'], state['batch_stats'], spec, data.snapshots, valid_models,
                        valid_snaps, valid_offsets)
       epoch_scores = scores(out, labels_np[:, valid_models], values_np[:, valid_models], targets)
     else:
       epoch_scores = np.full(len(targets), float(epoch))  # no validation: keep the last
-    state = _keep_best(state, jnp.asarray(epoch_scores, jnp.float32))
-    losses = np.asarray(losses)
+    if mesh.size > 1:  # the padding slots copy their member's score (their outputs are unused)
+      state = keep_best(state, sharding.put_models(
+          np.asarray(epoch_scores, np.float32)[padded], mesh))
+    else:
+      state = keep_best(state, jnp.asarray(epoch_scores, jnp.float32))
+    losses = sharding.to_host(losses)[:num]
     for p, t in enumerate(targets):
       rows.append(dict(epoch=epoch + 1, property=t.name, train_loss=float(losses[p]),
                        valid_score=float(epoch_scores[p]) if len(valid_models) else np.nan))
@@ -472,5 +549,7 @@ def fit(config: MetaConfig, table: pd.DataFrame, snapshots,
       bar.update()
   if bar is not None:
     bar.close()
-  return MetaRun(config, list(targets), split, spec, state['best_params'], state['best_stats'],
-                 pd.DataFrame(rows))
+  best = state['best_params'], state['best_stats']
+  if mesh.size > 1:  # the real members, on one device: what a one-device run returns
+    best = jax.tree.map(lambda x: jnp.asarray(sharding.to_host(x)[:num]), best)
+  return MetaRun(config, list(targets), split, spec, *best, pd.DataFrame(rows))
