@@ -21,6 +21,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 TIMEOUT_S = 120
+_TIMEOUTS = dict(initialization_timeout=TIMEOUT_S, heartbeat_timeout_seconds=TIMEOUT_S,
+                 shutdown_timeout_seconds=TIMEOUT_S)
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -39,11 +41,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                        f'got {process_id}')
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id,
-                               initialization_timeout=TIMEOUT_S,
-                               heartbeat_timeout_seconds=TIMEOUT_S,
-                               shutdown_timeout_seconds=TIMEOUT_S)
+                               **_TIMEOUTS)
   else:
-    jax.distributed.initialize(initialization_timeout=TIMEOUT_S)
+    jax.distributed.initialize(**_TIMEOUTS)
   sys.excepthook = _exit_on_exception
 
 

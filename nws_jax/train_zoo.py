@@ -136,8 +136,8 @@ def main(argv):
   from nws_jax import zoo_builder
 
   def fail(message):
-    print(f'train_zoo: error: {message}', file=sys.stderr)
-    distributed.exit_now(2)
+    print(f'train_zoo: error: {cli.one_line(message)}', file=sys.stderr)
+    distributed.exit_now(2)  # Several processes: at once, not through the shutdown barrier.
 
   try:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
@@ -153,8 +153,8 @@ def main(argv):
   except (ValueError, zoo_builder.WorkdirError) as e:
     fail(str(e))
   except OSError as e:  # A full disk or a permission error while saving.
-    fail(f'cannot write in {FLAGS.workdir}: {e}; its last checkpoint is intact, continue with '
-         '--resume once this is fixed')
+    fail(f'cannot write in {FLAGS.workdir}: {e} (a checkpoint already saved there is intact: '
+         'continue with --resume once this is fixed)')
   except zoo_builder.Preempted as e:
     print(f'train_zoo: {e}', file=sys.stderr)
     distributed.exit_now(128 + signal.SIGTERM)
