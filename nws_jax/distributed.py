@@ -6,8 +6,8 @@ array once). Files outside Orbax (config.json, the CSVs) are written by process 
 others wait for it at a barrier. The workdir must be on a filesystem every process sees.
 
 A process that fails must not wait in `jax.distributed.shutdown` (up to its timeout) while its
-peers block in a collective: `fail_fast` ends it at once and the peers' collectives then fail
-within a second.
+peers block in a collective: after `initialize`, an uncaught exception (and `exit_now`) ends it
+at once, and the peers' collectives then fail within a second.
 """
 
 from __future__ import annotations

@@ -50,6 +50,18 @@ def _single(mesh: Mesh) -> jax.sharding.SingleDeviceSharding:
   return jax.sharding.SingleDeviceSharding(mesh.devices.flat[0])
 
 
+def per_device(fn, mesh: Mesh | None, in_specs: str, out_specs):
+  """fn run by every device of `mesh` on its own shards, with no communication: in_specs has one
+  letter per argument, 'M' split by models (leading axis) or 'R' whole on every device;
+  out_specs likewise, a letter or a tree of letters per output. On one device (or mesh None),
+  fn itself, so one-device programs stay as they always were."""
+  if mesh is None or mesh.size == 1:
+    return fn
+  spec = {'M': PartitionSpec(MODELS), 'R': PartitionSpec()}
+  return jax.shard_map(fn, mesh=mesh, in_specs=tuple(spec[s] for s in in_specs),
+                       out_specs=jax.tree.map(spec.get, out_specs), check_vma=False)
+
+
 def _put(x, sharding: jax.sharding.Sharding) -> jax.Array:
   if isinstance(x, jax.Array) and x.is_fully_addressable and jax.process_count() == 1:
     return jax.device_put(x, sharding)

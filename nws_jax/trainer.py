@@ -257,17 +257,6 @@ def _concat_trees(trees):
 # Compiled programs are built once per static signature and shared by all trainers of a process,
 # so that JAX's compilation cache serves every zoo (and every single-model run) with that shape.
 
-def _on_mesh(fn, mesh, specs, out_specs):
-  """fn run by every device of `mesh` on its own shards (specs: per argument, 'models' split by
-  models or None whole), with no communication; on one device, fn itself."""
-  if mesh.size == 1:
-    return fn  # The program as it always was: one device needs no partitioning.
-  spec = {'models': jax.sharding.PartitionSpec(sharding.MODELS),
-          None: jax.sharding.PartitionSpec()}
-  return jax.shard_map(fn, mesh=mesh, in_specs=tuple(spec[s] for s in specs),
-                       out_specs=jax.tree.map(spec.get, out_specs), check_vma=False)
-
-
 @functools.lru_cache(maxsize=None)
 def _train_program(arch, batch_size, num_steps, conv_impl, augment_config, models_per_chunk,
                    masked, mesh):
@@ -282,15 +271,15 @@ def _train_program(arch, batch_size, num_steps, conv_impl, augment_config, model
     return jax.lax.map(lambda a: step_fn(*a, start_step, data),
                        (state, hyper, order, active, epoch), batch_size=models_per_chunk)
 
-  program = _on_mesh(program, mesh, ('models',) * 5 + (None, None), 'models')
+  program = sharding.per_device(program, mesh, 'MMMMMRR', 'M')
   return num_steps, jax.jit(program, donate_argnums=(0,))
 
 
 @functools.lru_cache(maxsize=None)
 def _init_program(arch, num_groups, mesh):
   init_group = jax.vmap(functools.partial(init_model, arch=arch))
-  init = _on_mesh(lambda *hypers: [init_group(h) for h in hypers], mesh,
-                  ('models',) * num_groups, 'models')
+  init = sharding.per_device(lambda *hypers: [init_group(h) for h in hypers], mesh,
+                             'M' * num_groups, 'M')
   return jax.jit(lambda hypers: init(*hypers))
 
 
@@ -304,7 +293,7 @@ def _refill_program(arch, mesh):
     return jax.tree.map(
         lambda n, o: jnp.where(fresh.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, state)
 
-  return jax.jit(_on_mesh(refill, mesh, ('models',) * 3, 'models'), donate_argnums=(0,))
+  return jax.jit(sharding.per_device(refill, mesh, 'MMM', 'M'), donate_argnums=(0,))
 
 
 @functools.lru_cache(maxsize=None)
@@ -335,7 +324,7 @@ def _eval_program(arch, batch_size, conv_impl, models_per_chunk, mesh):
 
     return jax.lax.map(one, (state, hyper), batch_size=models_per_chunk)
 
-  return jax.jit(_on_mesh(eval_all, mesh, ('models', 'models', None), 'models'))
+  return jax.jit(sharding.per_device(eval_all, mesh, 'MMR', 'M'))
 
 
 @functools.lru_cache(maxsize=None)
@@ -348,13 +337,13 @@ def _flatten_program(arch, mesh):
     return jax.vmap(lambda s, h: packing_lib.flatten(s.params, s.stats, h.layout, arch))(
         state, hyper)
 
-  return jax.jit(_on_mesh(flatten_all, mesh, ('models', 'models'), 'models'))
+  return jax.jit(sharding.per_device(flatten_all, mesh, 'MM', 'M'))
 
 
 @functools.lru_cache(maxsize=None)
 def _order_program(mesh):
-  return jax.jit(_on_mesh(jax.vmap(epoch_order, in_axes=(0, 0, None)), mesh,
-                          ('models', 'models', None), 'models'))
+  return jax.jit(sharding.per_device(jax.vmap(epoch_order, in_axes=(0, 0, None)), mesh, 'MMR',
+                                     'M'))
 
 
 @dataclasses.dataclass

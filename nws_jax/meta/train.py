@@ -339,10 +339,7 @@ def _on_members(program, mesh, in_specs: str, out_specs, donate: tuple[int, ...]
   bound = functools.partial(program, **static)
   if mesh is None or mesh.size == 1:
     return bound
-  spec = {'M': jax.sharding.PartitionSpec(sharding.MODELS), 'R': jax.sharding.PartitionSpec()}
-  return jax.jit(jax.shard_map(bound, mesh=mesh, in_specs=tuple(spec[s] for s in in_specs),
-                               out_specs=jax.tree.map(spec.get, out_specs), check_vma=False),
-                 donate_argnums=donate)
+  return jax.jit(sharding.per_device(bound, mesh, in_specs, out_specs), donate_argnums=donate)
 
 
 def _members_mesh(tree):
