@@ -42,10 +42,12 @@ CURVE_KEYS = ('model_id', 'epoch')
 # written here to keep zoo.py free of the meta package), a zoo, a release (release.py's).
 _KIND_MARKERS = (('meta', ('run.json', 'split.json', 'checkpoint')),
                  ('zoo', (MODELS_FILE, SNAPSHOTS_DIR, STATE_DIR, EXPORTS_DIR)),
-                 ('release', ('train.csv', 'test.csv', 'nets')))
+                 ('release', ('train.csv', 'test.csv', 'nets')),
+                 ('study', ('study.json',)))
 KIND_NAMES = {'meta': "a meta-classifier run (train_meta's workdir)",
               'zoo': 'a zoo (train_zoo or import_nws)',
-              'release': "a release in the NWS format (export_nws's output)"}
+              'release': "a release in the NWS format (export_nws's output)",
+              'study': "a study (the workdir of an experiments/ script)"}
 
 
 class ZooError(RuntimeError):

@@ -11,6 +11,7 @@ error, in the property's own units) for lrate. `chance` is what a constant guess
 - `evaluate_positions`: slices at P evenly spaced positions over the whole vector (position.csv).
 - `evaluate_snapshots`: random slices of each snapshot number 1..S (snapshot.csv).
 - `evaluate_parts`: random slices restricted to the conv part, then the dense part (part.csv).
+- `evaluate_votes`: per-model votes over growing numbers of random slices (the ensembles study).
 """
 
 from __future__ import annotations
@@ -220,4 +221,45 @@ def evaluate_parts(ctx: EvalContext, slices_per_snapshot: int = 4, seed: int = 0
       value = _score(t, _predicted(ctx, p, out), ctx.true[p, m]) if fits else np.nan
       rows.append(dict(property=t.name, metric=_metric(t), part=part, value=value,
                        chance=ctx.chance(t)))
+  return pd.DataFrame(rows)
+
+
+def evaluate_votes(ctx: EvalContext, sizes, seed: int = 0) -> pd.DataFrame:
+  """Per-model scores of votes over k random slices, for each k in `sizes`.
+
+  Each test model gets max(sizes) random slices from its snapshots in the trained range and part
+  (the same number from each snapshot, rounded up, in a random order); a vote over k of them
+  takes the first k. Frame: property, metric, slices (k), majority, mean_prob, chance,
+  n_test_models: the fraction of test models whose majority class (or whose mean probabilities'
+  class) is right; for lrate the MAE of the slices' median and of their mean prediction.
+  """
+  sizes = sorted({int(k) for k in sizes})
+  if not sizes or sizes[0] < 1:
+    raise ValueError(f'vote sizes must be positive integers, got {sizes}')
+  spec = ctx.run.config.slice_spec
+  numbers = spec.snapshot_numbers
+  per_snapshot = -(-sizes[-1] // len(numbers))
+  rng = np.random.default_rng([seed, 0x707E])
+  m, s, o = _random_triples(ctx, ctx.test_models, numbers, spec.part, per_snapshot, rng)
+  per_model = len(numbers) * per_snapshot  # pair-major, so each model's slices are contiguous
+  order = np.argsort(rng.random((len(ctx.test_models), per_model)), axis=1)[:, :sizes[-1]]
+  pick = (np.arange(len(ctx.test_models))[:, None] * per_model + order).reshape(-1)
+  out = _outputs(ctx, m[pick], s[pick], o[pick])
+  models = len(ctx.test_models)
+  rows = []
+  for p, t in enumerate(ctx.targets):
+    true = ctx.true[p, ctx.test_models]
+    pred = _predicted(ctx, p, out).reshape(models, sizes[-1])
+    if not t.is_regression:
+      probs = _probabilities(ctx, p, out).reshape(models, sizes[-1], -1)
+    for k in sizes:
+      if t.is_regression:
+        majority = _score(t, np.median(pred[:, :k], axis=1), true)
+        mean_prob = _score(t, pred[:, :k].mean(axis=1), true)
+      else:
+        votes = np.apply_along_axis(np.bincount, 1, pred[:, :k], minlength=t.num_classes)
+        majority = _score(t, votes.argmax(1), true)
+        mean_prob = _score(t, probs[:, :k].mean(1).argmax(-1), true)
+      rows.append(dict(property=t.name, metric=_metric(t), slices=k, majority=majority,
+                       mean_prob=mean_prob, chance=ctx.chance(t), n_test_models=models))
   return pd.DataFrame(rows)

@@ -172,6 +172,19 @@ def evaluate_run(run: train_lib.MetaRun, source: source_lib.WeightSource, workdi
   return results
 
 
+def read_results(workdir: str) -> Results:
+  """The evaluations a run wrote into `workdir` (write_results' CSVs), read back."""
+  read = lambda name: zoo_lib.read_csv(os.path.join(workdir, f'{name}.csv'))
+  try:
+    frames = {name: read(name) for name in ('accuracy', 'ensemble', 'position', 'snapshot',
+                                            'part', 'history')}
+    has_baseline = os.path.exists(os.path.join(workdir, 'baseline.csv'))
+    frames['baseline'] = read('baseline') if has_baseline else None
+  except (zoo_lib.ZooError, OSError) as e:
+    raise store.MetaWorkdirError(f'{workdir} holds no evaluated run ({e})') from e
+  return Results(**frames)
+
+
 def write_results(results: Results, workdir: str, boundary: float,
                   train_range: tuple[int, int]) -> None:
   path = lambda name: os.path.join(workdir, name)

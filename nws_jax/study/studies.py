@@ -1,0 +1,215 @@
+"""The five studies of PROTOCOL §6: how much, when, where, slice length and ensembles.
+
+Each function takes a runner.Study, trains the meta-classifier runs it needs (through
+`study.meta`, so a resumed study reuses finished runs), writes its CSVs and PNGs into the study's
+workdir and returns the sections of its markdown summary as (heading, markdown). Scores are
+fractions of test models' slices classified right ('accuracy') or, for lrate, a mean absolute
+error in its own units ('mae'); chance is what a constant guess scores (nws_jax.meta.targets).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from nws_jax import zoo as zoo_lib
+from nws_jax.meta import evaluate as evaluate_lib
+from nws_jax.meta import plots
+from nws_jax.meta import slices as slices_lib
+from nws_jax.study import figures
+from nws_jax.study import report
+from nws_jax.study import runner
+from nws_jax.study import scale as scale_lib
+
+Sections = list[tuple[str, str]]
+
+
+def zoo_overview(path: str) -> str:
+  """One line on a zoo: models, epochs, test accuracy, how many failed."""
+  table = zoo_lib.read_csv(os.path.join(path, zoo_lib.MODELS_FILE))
+  failed = int(table['failed'].astype(bool).sum()) if 'failed' in table else 0
+  return (f'`{path}`: {len(table)} models, {table["epochs"].mean():.1f} epochs on average, '
+          f'mean test accuracy {table["test_accuracy"].mean():.3f} (chance 0.100), '
+          f'{failed} failed (test accuracy below 0.15)')
+
+
+def _figure(name: str) -> str:
+  return f'![{name}]({name})'
+
+
+def _scores(result: runner.MetaResult) -> pd.DataFrame:
+  """Per property: metric, chance, meta (single slice), meta_vote (mean probabilities of the
+  evaluation's slices per test snapshot), one column per baseline method, n_test_models."""
+  r = result.results
+  frame = r.accuracy[['property', 'metric', 'chance', 'value', 'n_test_models']].rename(
+      columns={'value': 'meta'})
+  vote = r.ensemble[['property', 'mean_prob']].rename(columns={'mean_prob': 'meta_vote'})
+  frame = frame.merge(vote, on='property', how='left')
+  if r.baseline is not None:
+    methods = r.baseline.pivot(index='property', columns='method', values='value')
+    frame = frame.merge(methods.reset_index(), on='property', how='left')
+  front = ['property', 'metric', 'chance', 'meta', 'meta_vote']
+  return frame[front + [c for c in frame.columns if c not in front]]
+
+
+def property_table(study: runner.Study, kinds: Sequence[str]) -> Sections:
+  """How much: every varying property's score on a fixed- and a mixed-architecture zoo, for the
+  deep meta-classifier (single slice and vote) and the gradient-boosted-tree baselines, beside
+  chance. Writes table.csv and table_<kind>.png."""
+  frames, sections = [], []
+  for kind in kinds:
+    result = study.meta(f'table_{kind}', kind, study.scale.meta)
+    scores = _scores(result)
+    frames.append(scores.assign(zoo=kind))
+    png = f'table_{kind}.png'
+    plots.plot_accuracy(result.results.accuracy, study.path(png),
+                        baseline=result.results.baseline)
+    sections.append((f'The {kind}-architecture zoo',
+                     zoo_overview(result.zoo) + '\n\n' + report.markdown_table(scores)
+                     + '\n\n' + _figure(png)))
+  table = pd.concat(frames, ignore_index=True)
+  study.write_csv(table[['zoo'] + [c for c in table.columns if c != 'zoo']], 'table.csv')
+  sections.append(('Columns', 'meta: one random slice per prediction; meta_vote: the mean '
+                   'probabilities of several slices of the same snapshot; gbt_slice / '
+                   'gbt_layers: gradient-boosted trees on statistics of a slice / of every '
+                   'layer; lrate: mean absolute error (lower is better).'))
+  return sections
+
+
+def when(study: runner.Study, kind: str,
+         ranges: Sequence[tuple[str, tuple[int, int]]]) -> Sections:
+  """When: meta-classifiers trained on early, late or all snapshots, each scored on every
+  snapshot number. Writes when.csv (its snapshot.csv rows with `trained_on`), when.png and
+  when_trained.csv (each run's score on its own range)."""
+  curves, own = [], []
+  for name, (first, last) in ranges:
+    config = dataclasses.replace(study.scale.meta, first_snapshot=first, last_snapshot=last)
+    result = study.meta(f'when_{name}', kind, config)
+    label = f'{name} ({first}-{last})'
+    curves.append(result.results.snapshot.assign(trained_on=label))
+    own.append(_scores(result).assign(trained_on=label))
+  curve = pd.concat(curves, ignore_index=True)
+  study.write_csv(curve, 'when.csv')
+  own_frame = pd.concat(own, ignore_index=True)
+  study.write_csv(own_frame, 'when_trained.csv')
+  figures.plot_sweep(curve, study.path('when.png'), x='snapshot', series='trained_on',
+                     title='Score by snapshot read, per snapshot range trained on',
+                     xlabel='snapshot number (1 = initialisation)')
+  pivot = own_frame.pivot(index='property', columns='trained_on', values='meta')
+  pivot = pivot[[c for c in dict.fromkeys(own_frame['trained_on'])]].reset_index()
+  pivot.insert(1, 'metric', pivot['property'].map(dict(zip(own_frame['property'],
+                                                           own_frame['metric']))))
+  pivot.insert(2, 'chance', pivot['property'].map(dict(zip(own_frame['property'],
+                                                           own_frame['chance']))))
+  return [('Score on the snapshots trained on', zoo_overview(study.zoo(kind)) + '\n\n' + report.markdown_table(pivot)),
+          ('Score by snapshot number', _figure('when.png'))]
+
+
+def _boundary(zoo: str) -> float:
+  """Where the conv part ends, as a mean fraction of the weight vector over the zoo's models."""
+  table = zoo_lib.read_csv(os.path.join(zoo, zoo_lib.MODELS_FILE))
+  conv = table['weightn_conv'].to_numpy(np.float64)
+  return float((conv / (conv + table['weightn_fc'].to_numpy(np.float64))).mean())
+
+
+def where(study: runner.Study, kind: str, parts: Sequence[str]) -> Sections:
+  """Where: the score against slice position (from the run on the whole vector) and of runs
+  trained on the conv part, the dense part and the whole vector, each also read on the other
+  parts. Writes where_position.csv/png and where_parts.csv/png."""
+  rows, notes, sections = [], [], []
+  for part in parts:
+    config = dataclasses.replace(study.scale.meta, part=part)
+    try:
+      result = study.meta(f'where_{part}', kind, config)
+    except slices_lib.SliceError as e:
+      notes.append(f'- trained on the {part} part: not run ({e})')
+      continue
+    own = result.results.accuracy
+    rows.append(own.assign(trained_on=part, read_from=part)[
+        ['property', 'metric', 'trained_on', 'read_from', 'value', 'chance']])
+    if part == 'all':
+      read = result.results.part.assign(trained_on='all').rename(columns={'part': 'read_from'})
+      rows.append(read[['property', 'metric', 'trained_on', 'read_from', 'value', 'chance']])
+      position = result.results.position
+      study.write_csv(position, 'where_position.csv')
+      plots.plot_position(position, study.path('where_position.png'), _boundary(result.zoo))
+      sections.append(('Score by slice position (trained on the whole vector)',
+                       _figure('where_position.png')))
+  if not rows:
+    raise runner.StudyError('no part could be studied: ' + '; '.join(notes))
+  frame = pd.concat(rows, ignore_index=True)
+  study.write_csv(frame, 'where_parts.csv')
+  shown = frame.assign(part='trained ' + frame['trained_on'] + ', read ' + frame['read_from'])
+  plots.plot_part(shown[['property', 'metric', 'part', 'value', 'chance']],
+                  study.path('where_parts.png'))
+  pivot = shown.pivot(index='property', columns='part', values='value')
+  pivot = pivot[list(dict.fromkeys(shown['part']))].reset_index()
+  metric = dict(zip(frame['property'], frame['metric']))
+  pivot.insert(1, 'metric', pivot['property'].map(metric))
+  pivot.insert(2, 'chance', pivot['property'].map(dict(zip(frame['property'], frame['chance']))))
+  text = report.markdown_table(pivot) + '\n\n' + _figure('where_parts.png')
+  if notes:
+    text += '\n\n' + '\n'.join(notes)
+  sections.insert(0, ('Conv part against dense part', zoo_overview(study.zoo(kind))
+                      + '\n\n' + text))
+  return sections
+
+
+def slice_length(study: runner.Study, kind: str, lengths: Sequence[int]) -> Sections:
+  """Slice length: one run per length (scale.WHOLE: the shortest model's whole vector), scored on
+  single slices and on votes. Writes slice_length.csv and slice_length.png."""
+  zoo = study.zoo(kind)
+  table = zoo_lib.read_csv(os.path.join(zoo, zoo_lib.MODELS_FILE))
+  whole = int((table['weightn_conv'] + table['weightn_fc']).min())
+  rows, notes = [], []
+  for length in lengths:
+    length = whole if length == scale_lib.WHOLE else int(length)
+    if length > whole:
+      notes.append(f'- {length} weights: longer than the shortest vector ({whole}), not run')
+      continue
+    config = dataclasses.replace(study.scale.meta, slice_length=length, part='all')
+    scores = _scores(study.meta(f'length_{length}', kind, config))
+    rows.append(scores.assign(slice_length=length, whole=length == whole))
+  if not rows:
+    raise runner.StudyError('no slice length could be studied: ' + '; '.join(notes))
+  frame = pd.concat(rows, ignore_index=True)
+  study.write_csv(frame, 'slice_length.csv')
+  long = pd.concat([frame.assign(value=frame['meta'], kind='single slice'),
+                    frame.assign(value=frame['meta_vote'], kind='vote of the slices')])
+  figures.plot_sweep(long, study.path('slice_length.png'), x='slice_length', series='kind',
+                     title='Score by slice length', xlabel='weights per slice', log_x=True)
+  pivot = frame.pivot(index='property', columns='slice_length', values='meta').reset_index()
+  pivot.columns = [str(c) for c in pivot.columns]
+  pivot.insert(1, 'metric', pivot['property'].map(dict(zip(frame['property'], frame['metric']))))
+  pivot.insert(2, 'chance', pivot['property'].map(dict(zip(frame['property'], frame['chance']))))
+  text = (zoo_overview(zoo) + f' (whole vector: {whole} weights)\n\nSingle-slice score per '
+          'slice length (columns: weights per slice):\n\n' + report.markdown_table(pivot)
+          + '\n\n' + _figure('slice_length.png'))
+  if notes:
+    text += '\n\n' + '\n'.join(notes)
+  return [('Score by slice length', text)]
+
+
+def ensembles(study: runner.Study, kind: str, sizes: Sequence[int]) -> Sections:
+  """Ensembles: per-model votes over k random slices of the model's trained snapshots, for each
+  k in `sizes`. Writes ensembles.csv and ensembles.png."""
+  result = study.meta('ensembles', kind, study.scale.meta)
+  votes = evaluate_lib.evaluate_votes(result.context(), sizes, seed=result.config.seed)
+  study.write_csv(votes, 'ensembles.csv')
+  long = pd.concat([votes.assign(value=votes['majority'], kind='majority vote'),
+                    votes.assign(value=votes['mean_prob'], kind='mean probabilities')])
+  figures.plot_sweep(long, study.path('ensembles.png'), x='slices', series='kind',
+                     title='Per-model score of a vote over k slices',
+                     xlabel='slices per model (k)', log_x=True)
+  pivot = votes.pivot(index='property', columns='slices', values='mean_prob').reset_index()
+  pivot.columns = [str(c) for c in pivot.columns]
+  pivot.insert(1, 'metric', pivot['property'].map(dict(zip(votes['property'], votes['metric']))))
+  pivot.insert(2, 'chance', pivot['property'].map(dict(zip(votes['property'], votes['chance']))))
+  return [('Per-model score of a vote over k slices',
+           zoo_overview(result.zoo) + f'\n\n{int(votes["n_test_models"].iloc[0])} test models; '
+           'score of the mean-probability vote (lrate: MAE of the mean prediction) per number '
+           'of slices k:\n\n' + report.markdown_table(pivot) + '\n\n' + _figure('ensembles.png'))]
