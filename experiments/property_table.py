@@ -22,11 +22,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   from nws_jax.study import scale as scale_lib
 
-  kinds = list(dict.fromkeys(FLAGS.zoos))
-  bad = [k for k in kinds if k not in scale_lib.ZOO_KINDS]
-  if bad or not kinds:
-    cli.fail('property_table', f'--zoos: choose from {", ".join(scale_lib.ZOO_KINDS)}, got '
-             f'{",".join(FLAGS.zoos)}')
+  kinds = study_cli.choices('property_table', 'zoos', scale_lib.ZOO_KINDS)
   study_cli.run('property_table', 'How much: per-property accuracy', argv, {'zoos': kinds},
                 'property_table', kinds)
 

@@ -22,11 +22,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   from nws_jax.meta import slices as slices_lib
 
-  parts = list(dict.fromkeys(FLAGS.parts))
-  bad = [p for p in parts if p not in slices_lib.PARTS]
-  if bad or not parts:
-    cli.fail('where', f'--parts: choose from {", ".join(slices_lib.PARTS)}, got '
-             f'{",".join(FLAGS.parts)}')
+  parts = study_cli.choices('where', 'parts', slices_lib.PARTS)
   study_cli.run('where', 'Where: score by position in the weight vector', argv,
                 {'zoo': FLAGS.zoo, 'parts': parts},
                 'where', FLAGS.zoo, parts)

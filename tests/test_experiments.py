@@ -147,6 +147,10 @@ def test_ensembles_votes_and_a_resumed_study_reuses_its_runs(ensembles_study):
   assert result.returncode == 0, result.stderr
   assert 'meta/ensembles: reused from an earlier run' in result.stdout
   pd.testing.assert_frame_equal(pd.read_csv(workdir / 'ensembles.csv'), votes)
+  # The summary keeps the time the run took when it was built.
+  row = [l for l in (workdir / 'summary.md').read_text().splitlines()
+         if l.startswith('| meta/ensembles |')]
+  assert len(row) == 1 and row[0].endswith(' s (built by an earlier run, reused) |'), row
 
   # Resumed with other flags: refused, nothing changed.
   state = file_state(workdir)

@@ -2,8 +2,9 @@
 
 A script checks its own knobs, then calls `run(name, title, argv, settings, study, *args)`: the
 scale's preset with every flag given applied over it, the study workdir opened
-(runner.open_study), `studies.<study>(study, *args)` run, and summary.md written. Usage errors and unusable inputs exit 2 with one line on stderr,
-touching nothing; a SIGTERM'd zoo build exits 143 and continues with --resume.
+(runner.open_study), `studies.<study>(study, *args)` run, and summary.md written. Usage errors
+and unusable inputs exit 2 with one line on stderr, touching nothing; a SIGTERM'd zoo build
+exits 143 and continues with --resume.
 """
 
 from __future__ import annotations
@@ -67,6 +68,16 @@ def _ints(prog: str, name: str):
   if not FLAGS[name].present:
     return None
   return cli.int_list(prog, name)
+
+
+def choices(prog: str, name: str, allowed) -> list[str]:
+  """The values of list flag `--name`, each once, in order; one-line exit 2 unless each is in
+  `allowed` and there is at least one."""
+  values = list(dict.fromkeys(FLAGS[name].value or []))
+  if not values or any(v not in allowed for v in values):
+    cli.fail(prog, f'--{name}: choose from {", ".join(allowed)}, got '
+             f'{",".join(FLAGS[name].value or [])}')
+  return values
 
 
 def scale_from_flags(prog: str):

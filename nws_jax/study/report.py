@@ -7,20 +7,27 @@ import math
 import platform
 
 import jax
+import numpy as np
 import pandas as pd
 
 import nws_jax
 
 
 def fmt(value, metric: str | None = None) -> str:
-  """A cell: accuracies to 3 decimals, MAEs in scientific notation, NaN as 'n/a'."""
-  if isinstance(value, (float, int)) and not isinstance(value, bool):
-    if isinstance(value, float) and math.isnan(value):
-      return 'n/a'
-    if metric == 'mae':
-      return f'{value:.2e}'
-    return f'{value:.3f}' if isinstance(value, float) else str(value)
-  return str(value)
+  """A cell: counts as they are, scores to 3 decimals (MAEs in scientific notation), NaN as
+  'n/a'."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (float, int, np.number)):
+    return str(value)
+  if isinstance(value, (int, np.integer)):
+    return str(int(value))
+  if math.isnan(value):
+    return 'n/a'
+  return f'{value:.2e}' if metric == 'mae' else f'{value:.3f}'
+
+
+def _seconds(seconds: float) -> str:
+  return '?' if math.isnan(seconds) else f'{seconds:.0f} s'
+
 
 
 def markdown_table(frame: pd.DataFrame, columns: list[str] | None = None) -> str:
@@ -44,8 +51,9 @@ def machine() -> str:
 def summary(study, title: str, sections: list[tuple[str, str]], command: str) -> str:
   """The summary.md of `study` (runner.Study): title, how to rerun it, the machine and the time
   of each step, then the sections (heading, markdown body)."""
-  total = sum(s[1] for s in study.steps)
-  steps = '\n'.join(f'| {name} | {"reused" if reused else f"{seconds:.0f} s"} |'
+  total = sum(s[1] for s in study.steps if not math.isnan(s[1]))
+  steps = '\n'.join(f'| {name} | {_seconds(seconds)}'
+                    + (' (built by an earlier run, reused)' if reused else '') + ' |'
                     for name, seconds, reused in study.steps)
   head = [f'# {title}', '',
           f'Scale `{study.scale.name}`, nws_jax {nws_jax.__version__}, '

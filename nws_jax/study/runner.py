@@ -33,6 +33,7 @@ from nws_jax.meta import train as train_lib
 from nws_jax.study import scale as scale_lib
 
 STUDY_FILE = 'study.json'
+STEPS_FILE = 'steps.json'  # seconds each zoo and meta run took when it was built
 META_DIR = 'meta'
 
 
@@ -74,8 +75,8 @@ class Study:
     self.workdir = workdir
     self.given_zoos = zoos
     self.progress = progress
-    self.steps: list[tuple[str, float, bool]] = []  # (step, seconds, reused)
-    self.started = time.time()
+    self.steps: list[tuple[str, float, bool]] = []  # (step, seconds when built, reused)
+    self._built = _read_steps(self.path(STEPS_FILE))
 
   def path(self, name: str) -> str:
     return os.path.join(self.workdir, name)
@@ -87,11 +88,13 @@ class Study:
     yield
     seconds = time.time() - t0
     self.steps.append((name, seconds, False))
+    self._built[name] = seconds
+    zoo_lib.write_json_atomic(self._built, self.path(STEPS_FILE))
     print(f'[{self.name}] {name}: done in {seconds:.0f} s', flush=True)
 
   def _reused(self, name: str) -> None:
     print(f'[{self.name}] {name}: reused from an earlier run', flush=True)
-    self.steps.append((name, 0.0, True))
+    self.steps.append((name, self._built.get(name, float('nan')), True))
 
   def zoo(self, kind: str) -> str:
     """The path of the zoo of `kind` ('fixed' or 'mixed'): the one given, or one built (or
@@ -198,6 +201,14 @@ def open_study(name: str, scale: scale_lib.Scale, workdir: str, *, settings: dic
   os.makedirs(workdir, exist_ok=True)
   zoo_lib.write_json_atomic(record, os.path.join(workdir, STUDY_FILE))
   return Study(name, scale, workdir, zoos, progress)
+
+
+def _read_steps(path: str) -> dict[str, float]:
+  try:
+    with open(path) as f:
+      return {str(k): float(v) for k, v in json.load(f).items()}
+  except (OSError, ValueError, TypeError, AttributeError):
+    return {}  # absent (a new study) or damaged: only the summary's times are lost
 
 
 def _read_record(workdir: str) -> dict:

@@ -41,6 +41,19 @@ def _figure(name: str) -> str:
   return f'![{name}]({name})'
 
 
+def _wide(frame: pd.DataFrame, columns: str, values: str) -> pd.DataFrame:
+  """One row per property (in order of appearance): property, metric, chance, then `values`
+  for each value of `columns` (in order of appearance), for the markdown tables."""
+  order = list(dict.fromkeys(frame['property']))
+  wide = frame.pivot(index='property', columns=columns, values=values)
+  wide = wide.reindex(order)[list(dict.fromkeys(frame[columns]))]
+  wide.columns = [str(c) for c in wide.columns]
+  first = frame.drop_duplicates('property').set_index('property').reindex(order)
+  wide.insert(0, 'metric', first['metric'].to_numpy())
+  wide.insert(1, 'chance', first['chance'].to_numpy())
+  return wide.reset_index()
+
+
 def _scores(result: runner.MetaResult) -> pd.DataFrame:
   """Per property: metric, chance, meta (single slice), meta_vote (mean probabilities of the
   evaluation's slices per test snapshot), one column per baseline method, n_test_models."""
@@ -99,13 +112,8 @@ def when(study: runner.Study, kind: str,
   figures.plot_sweep(curve, study.path('when.png'), x='snapshot', series='trained_on',
                      title='Score by snapshot read, per snapshot range trained on',
                      xlabel='snapshot number (1 = initialisation)')
-  pivot = own_frame.pivot(index='property', columns='trained_on', values='meta')
-  pivot = pivot[[c for c in dict.fromkeys(own_frame['trained_on'])]].reset_index()
-  pivot.insert(1, 'metric', pivot['property'].map(dict(zip(own_frame['property'],
-                                                           own_frame['metric']))))
-  pivot.insert(2, 'chance', pivot['property'].map(dict(zip(own_frame['property'],
-                                                           own_frame['chance']))))
-  return [('Score on the snapshots trained on', zoo_overview(study.zoo(kind)) + '\n\n' + report.markdown_table(pivot)),
+  table = report.markdown_table(_wide(own_frame, 'trained_on', 'meta'))
+  return [('Score on the snapshots trained on', zoo_overview(study.zoo(kind)) + '\n\n' + table),
           ('Score by snapshot number', _figure('when.png'))]
 
 
@@ -146,12 +154,8 @@ def where(study: runner.Study, kind: str, parts: Sequence[str]) -> Sections:
   shown = frame.assign(part='trained ' + frame['trained_on'] + ', read ' + frame['read_from'])
   plots.plot_part(shown[['property', 'metric', 'part', 'value', 'chance']],
                   study.path('where_parts.png'))
-  pivot = shown.pivot(index='property', columns='part', values='value')
-  pivot = pivot[list(dict.fromkeys(shown['part']))].reset_index()
-  metric = dict(zip(frame['property'], frame['metric']))
-  pivot.insert(1, 'metric', pivot['property'].map(metric))
-  pivot.insert(2, 'chance', pivot['property'].map(dict(zip(frame['property'], frame['chance']))))
-  text = report.markdown_table(pivot) + '\n\n' + _figure('where_parts.png')
+  text = (report.markdown_table(_wide(shown, 'part', 'value')) + '\n\n'
+          + _figure('where_parts.png'))
   if notes:
     text += '\n\n' + '\n'.join(notes)
   sections.insert(0, ('Conv part against dense part', zoo_overview(study.zoo(kind))
@@ -182,10 +186,7 @@ def slice_length(study: runner.Study, kind: str, lengths: Sequence[int]) -> Sect
                     frame.assign(value=frame['meta_vote'], kind='vote of the slices')])
   figures.plot_sweep(long, study.path('slice_length.png'), x='slice_length', series='kind',
                      title='Score by slice length', xlabel='weights per slice', log_x=True)
-  pivot = frame.pivot(index='property', columns='slice_length', values='meta').reset_index()
-  pivot.columns = [str(c) for c in pivot.columns]
-  pivot.insert(1, 'metric', pivot['property'].map(dict(zip(frame['property'], frame['metric']))))
-  pivot.insert(2, 'chance', pivot['property'].map(dict(zip(frame['property'], frame['chance']))))
+  pivot = _wide(frame, 'slice_length', 'meta')
   text = (zoo_overview(zoo) + f' (whole vector: {whole} weights)\n\nSingle-slice score per '
           'slice length (columns: weights per slice):\n\n' + report.markdown_table(pivot)
           + '\n\n' + _figure('slice_length.png'))
@@ -205,10 +206,7 @@ def ensembles(study: runner.Study, kind: str, sizes: Sequence[int]) -> Sections:
   figures.plot_sweep(long, study.path('ensembles.png'), x='slices', series='kind',
                      title='Per-model score of a vote over k slices',
                      xlabel='slices per model (k)', log_x=True)
-  pivot = votes.pivot(index='property', columns='slices', values='mean_prob').reset_index()
-  pivot.columns = [str(c) for c in pivot.columns]
-  pivot.insert(1, 'metric', pivot['property'].map(dict(zip(votes['property'], votes['metric']))))
-  pivot.insert(2, 'chance', pivot['property'].map(dict(zip(votes['property'], votes['chance']))))
+  pivot = _wide(votes, 'slices', 'mean_prob')
   return [('Per-model score of a vote over k slices',
            zoo_overview(result.zoo) + f'\n\n{int(votes["n_test_models"].iloc[0])} test models; '
            'score of the mean-probability vote (lrate: MAE of the mean prediction) per number '
