@@ -40,7 +40,6 @@ def parse_ranges(prog: str, values) -> list[tuple[str, tuple[int, int]]]:
 
 
 def main(argv):
-
   ranges = parse_ranges('when', FLAGS.ranges)
   study_cli.run('when', 'When: score by training snapshot', argv,
                 {'zoo': FLAGS.zoo, 'ranges': ranges},
