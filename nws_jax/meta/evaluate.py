@@ -178,9 +178,8 @@ def evaluate_positions(ctx: EvalContext, num_positions: int = 100) -> tuple[pd.D
       rows.append(dict(property=t.name, metric=_metric(t), position=i,
                        offset=float(starts[:, i].mean()), fraction=float(fractions[i]),
                        value=_score(t, pred[:, i], true), chance=chance))
-  conv = ctx.table['weightn_conv'].to_numpy(np.float64)[ctx.test_models]
-  total = conv + ctx.table['weightn_fc'].to_numpy(np.float64)[ctx.test_models]
-  return pd.DataFrame(rows), float((conv / total).mean())
+  test = ctx.table.iloc[ctx.test_models]
+  return pd.DataFrame(rows), slices_lib.conv_fraction(test['weightn_conv'], test['weightn_fc'])
 
 
 def evaluate_snapshots(ctx: EvalContext, slices_per_snapshot: int = 4,

@@ -49,6 +49,13 @@ def parse_snapshot_range(text: str) -> tuple[int, int]:
   return numbers[0], numbers[-1]
 
 
+def conv_fraction(weightn_conv, weightn_fc) -> float:
+  """Where the conv part ends, as the mean over models of weightn_conv / (weightn_conv +
+  weightn_fc): the conv | dense line of a position plot."""
+  conv = np.asarray(weightn_conv, np.float64)
+  return float((conv / (conv + np.asarray(weightn_fc, np.float64))).mean())
+
+
 def part_bounds(weightn_conv: np.ndarray, weightn_fc: np.ndarray,
                 part: str) -> tuple[np.ndarray, np.ndarray]:
   """Per model, the [lo, hi) range of vector indices that `part` covers (int32 [models] each)."""

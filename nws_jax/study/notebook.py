@@ -25,6 +25,8 @@ import pandas as pd
 from nws_jax import space
 from nws_jax import zoo as zoo_lib
 from nws_jax.meta import plots
+from nws_jax.meta import slices as slices_lib
+from nws_jax.meta import targets
 
 ZOO_VARIABLE = 'NWS_ZOO'
 META_VARIABLE = 'NWS_META'
@@ -146,11 +148,6 @@ def zoo_summary(table: pd.DataFrame) -> pd.DataFrame:
   return summary.round(3)
 
 
-def varying_properties(table: pd.DataFrame) -> list[str]:
-  """The properties (space.PROPERTY_NAMES order) with more than one value in `table`."""
-  return [p for p in space.PROPERTY_NAMES if p in table and table[p].nunique(dropna=True) > 1]
-
-
 def property_labels(table: pd.DataFrame, prop: str) -> pd.Series:
   """Per model, the value of `prop` as a readable label (str): optimizer, activation and
   initialization by name; lrate binned into LRATE_BINS ranges of about equal counts, each
@@ -177,18 +174,13 @@ def _ordered(labels: pd.Series, table: pd.DataFrame, prop: str) -> list[str]:
     return sorted(first.index)
 
 
-def _colours(names) -> dict:
-  cmap = matplotlib.colormaps['tab10' if len(names) <= 10 else 'tab20']
-  return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
-
-
 def accuracy_by_property(table: pd.DataFrame) -> matplotlib.figure.Figure:
   """Test accuracy of the zoo's models per value of each varying property (models.csv).
 
   One panel per property that varies: a box per value (median, quartiles) with the models as
   jittered points over it; lrate binned into LRATE_BINS ranges; chance (0.1) dotted.
   """
-  props = varying_properties(table)
+  props = targets.varying_properties(table)
   if not props:
     raise ValueError('no property varies in this zoo: nothing to compare')
   cols = min(_COLUMNS, len(props))
@@ -234,7 +226,7 @@ def training_curves(curves: pd.DataFrame, table: pd.DataFrame,
   ids = table['model_id'] if 'model_id' in table else pd.Series(np.arange(len(table)))
   labels = pd.Series(property_labels(table, prop).to_numpy(), index=ids.to_numpy())
   names = _ordered(labels, table, prop)
-  colours = _colours(names)
+  colours = plots._colours(names)
   fig = plots._figure(plots.WIDTH, plots.HEIGHT)
   ax = fig.subplots()
   frame = curves.assign(label=curves['model_id'].map(labels)).dropna(subset=['label'])
@@ -306,7 +298,7 @@ def _draw_projection(fig, ax, coords: np.ndarray, fraction: np.ndarray, table: p
   else:
     labels = property_labels(table, prop).to_numpy()
     names = _ordered(pd.Series(labels), table, prop)
-    colours = _colours(names)
+    colours = plots._colours(names)
     for name in names:
       mine = labels == name
       ax.scatter(coords[mine, 0], coords[mine, 1], s=18, color=colours[name], label=name)
@@ -377,8 +369,7 @@ def _boundary(source: dict, zoo: str | None) -> float | None:
     table = zoo_lib.read_csv(os.path.join(folder, zoo_lib.MODELS_FILE))
   except (zoo_lib.ZooError, OSError):
     return None
-  conv = table['weightn_conv'].to_numpy(np.float64)
-  return float((conv / (conv + table['weightn_fc'].to_numpy(np.float64))).mean())
+  return slices_lib.conv_fraction(table['weightn_conv'], table['weightn_fc'])
 
 
 def meta_figure(kind: str, results, path: str, zoo: str | None = None):

@@ -13,7 +13,6 @@ import dataclasses
 import os
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
 from nws_jax import zoo as zoo_lib
@@ -120,8 +119,7 @@ def when(study: runner.Study, kind: str,
 def _boundary(zoo: str) -> float:
   """Where the conv part ends, as a mean fraction of the weight vector over the zoo's models."""
   table = zoo_lib.read_csv(os.path.join(zoo, zoo_lib.MODELS_FILE))
-  conv = table['weightn_conv'].to_numpy(np.float64)
-  return float((conv / (conv + table['weightn_fc'].to_numpy(np.float64))).mean())
+  return slices_lib.conv_fraction(table['weightn_conv'], table['weightn_fc'])
 
 
 def where(study: runner.Study, kind: str, parts: Sequence[str]) -> Sections:
