@@ -1,6 +1,7 @@
-"""Tests of nws_jax.augment: per-image on-device augmentation."""
+"""Tests of nws_jax.augment: on-device augmentation, 'original' (default) and 'per_image' modes."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -15,11 +16,13 @@ B = 8  # every batch has this shape, so one compilation (config passed traced) s
 IDENTITY = augment.AugmentConfig(
     translate_px=0.0, rotate_deg=0.0, zoom=0.0, shear_deg=0.0, brightness=0.0,
     contrast=(1.0, 1.0), hue=0.0, saturation=(1.0, 1.0), noise_std_max=0.0)
+PER_IMAGE = augment.PER_IMAGE_CONFIG
+MODES = {'original': augment.AugmentConfig(), 'per_image': PER_IMAGE}
 
 
-def only(**kwargs) -> augment.AugmentConfig:
-  """The identity config with the given ranges switched on."""
-  return dataclasses.replace(IDENTITY, **kwargs)
+def only(mode: str = 'original', **kwargs) -> augment.AugmentConfig:
+  """The identity config of `mode` with the given ranges switched on."""
+  return dataclasses.replace(IDENTITY, mode=mode, **kwargs)
 
 
 def random_images(seed: int, n: int = B, h: int = H, w: int = W) -> jax.Array:
@@ -47,17 +50,37 @@ _hsv_to_rgb = jax.jit(augment.hsv_to_rgb)
 _affine_transform = jax.jit(augment.affine_transform)
 
 
-def test_default_config_matches_the_protocol_ranges():
+def test_default_config_is_the_original_code_s_ranges_and_mode():
   c = augment.AugmentConfig()
-  assert (c.translate_px, c.rotate_deg, c.zoom, c.shear_deg) == (3.0, 15.0, 0.1, 3.0)
+  assert c.mode == 'original'
+  # classifier.py with sc = 3: translation ±sc px, rotation ±5·sc°, zoom ±0.033·sc, shear ±sc°.
+  assert (c.translate_px, c.rotate_deg, c.zoom, c.shear_deg) == (3.0, 15.0, 0.099, 3.0)
   assert (c.brightness, c.contrast, c.hue, c.saturation, c.noise_std_max) == (
       0.2, (0.5, 1.5), 0.08, (0.3, 1.5), 0.03)
 
 
-def test_batch_output_keeps_shape_dtype_and_stays_in_unit_range():
+def test_per_image_config_keeps_the_former_default_ranges():
+  assert PER_IMAGE == dataclasses.replace(augment.AugmentConfig(), zoom=0.1, mode='per_image')
+
+
+def test_config_mode_is_static_and_the_ranges_are_leaves():
+  leaves, treedef = jax.tree_util.tree_flatten(augment.AugmentConfig())
+  assert 'original' not in leaves and len(leaves) == 11
+  assert treedef != jax.tree_util.tree_structure(PER_IMAGE)
+  assert hash(augment.AugmentConfig()) != hash(PER_IMAGE)
+
+
+def test_unknown_mode_is_an_error():
+  with pytest.raises(ValueError, match='mode'):
+    augment.augment_batch(jax.random.PRNGKey(0), random_images(0, 1),
+                          dataclasses.replace(IDENTITY, mode='per_batch'))
+
+
+@pytest.mark.parametrize('mode', MODES)
+def test_batch_output_keeps_shape_dtype_and_stays_in_unit_range(mode):
   images = jnp.concatenate([random_images(0, B - 2), jnp.zeros((1, H, W, 3)),
                             jnp.ones((1, H, W, 3))])
-  out = _augment_batch(jax.random.PRNGKey(1), images, augment.AugmentConfig())
+  out = _augment_batch(jax.random.PRNGKey(1), images, MODES[mode])
   assert out.shape == images.shape
   assert out.dtype == jnp.float32
   assert bool(jnp.all(jnp.isfinite(out)))
@@ -68,26 +91,30 @@ def test_non_square_image_keeps_its_shape():
   image = random_images(0, 1, 20, 28)[0]
   out = jax.jit(augment.augment_image)(jax.random.PRNGKey(1), image)
   assert out.shape == (20, 28, 3) and out.dtype == jnp.float32
+  out = jax.jit(augment.augment_batch)(jax.random.PRNGKey(1), random_images(0, 2, 20, 28))
+  assert out.shape == (2, 20, 28, 3) and out.dtype == jnp.float32
 
 
-def test_same_key_gives_identical_output():
+@pytest.mark.parametrize('mode', MODES)
+def test_same_key_gives_identical_output(mode):
   images = random_images(0)
-  a = _augment_batch(jax.random.PRNGKey(7), images, augment.AugmentConfig())
-  b = _augment_batch(jax.random.PRNGKey(7), images, augment.AugmentConfig())
+  a = _augment_batch(jax.random.PRNGKey(7), images, MODES[mode])
+  b = _augment_batch(jax.random.PRNGKey(7), images, MODES[mode])
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_different_keys_give_different_output():
+@pytest.mark.parametrize('mode', MODES)
+def test_different_keys_give_different_output(mode):
   images = random_images(0)
-  a = _augment_batch(jax.random.PRNGKey(7), images, augment.AugmentConfig())
-  b = _augment_batch(jax.random.PRNGKey(8), images, augment.AugmentConfig())
+  a = _augment_batch(jax.random.PRNGKey(7), images, MODES[mode])
+  b = _augment_batch(jax.random.PRNGKey(8), images, MODES[mode])
   assert float(jnp.abs(a - b).max()) > 0.05
 
 
-def test_batch_is_vmapped_augment_image_with_split_keys():
+def test_per_image_batch_is_vmapped_augment_image_with_split_keys():
   images = random_images(0)
   key = jax.random.PRNGKey(3)
-  out = _augment_batch(key, images, augment.AugmentConfig())
+  out = _augment_batch(key, images, PER_IMAGE)
   keys = jax.random.split(key, B)
   one = jax.jit(augment.augment_image)
   for i in (0, B - 1):
@@ -95,16 +122,18 @@ def test_batch_is_vmapped_augment_image_with_split_keys():
                                atol=1e-5)
 
 
-def test_identical_images_in_a_batch_get_independent_augmentations():
+@pytest.mark.parametrize('mode', MODES)
+def test_identical_images_in_a_batch_get_different_augmentations(mode):
   images = jnp.broadcast_to(random_images(0, 1), (B, H, W, 3))
-  out = _augment_batch(jax.random.PRNGKey(0), images, augment.AugmentConfig())
+  out = _augment_batch(jax.random.PRNGKey(0), images, MODES[mode])
   for i in range(1, B):
     assert float(jnp.abs(out[i] - out[0]).max()) > 0.05
 
 
-def test_all_zero_ranges_are_the_identity():
+@pytest.mark.parametrize('mode', MODES)
+def test_all_zero_ranges_are_the_identity(mode):
   images = random_images(0)
-  out = _augment_batch(jax.random.PRNGKey(0), images, IDENTITY)
+  out = _augment_batch(jax.random.PRNGKey(0), images, only(mode))
   np.testing.assert_allclose(np.asarray(out), np.asarray(images), atol=1e-5)
 
 
@@ -123,15 +152,17 @@ def test_maybe_augment_enabled_changes_the_images():
   assert float(jnp.abs(out - images).max()) > 0.05
 
 
-def test_vmap_over_models_with_per_model_flags_equals_per_model_calls():
+@pytest.mark.parametrize('mode', MODES)
+def test_vmap_over_models_with_per_model_flags_equals_per_model_calls(mode):
   m = 4
   images = random_images(0, m * B).reshape(m, B, H, W, 3)
   keys = jnp.stack([jax.random.PRNGKey(i) for i in range(m)])
   flags = jnp.asarray([True, False, True, False])
-  out = jax.jit(jax.vmap(augment.maybe_augment))(keys, images, flags)
+  fn = functools.partial(augment.maybe_augment, config=MODES[mode])
+  out = jax.jit(jax.vmap(fn))(keys, images, flags)
   assert out.shape == images.shape
   for i in range(m):
-    expected = _maybe_augment(keys[i], images[i], flags[i])
+    expected = _maybe_augment(keys[i], images[i], flags[i], MODES[mode])
     np.testing.assert_allclose(np.asarray(out[i]), np.asarray(expected), atol=1e-5)
   np.testing.assert_array_equal(np.asarray(out[1]), np.asarray(images[1]))
   assert float(jnp.abs(out[0] - images[0]).max()) > 0.05
@@ -170,8 +201,8 @@ def test_hue_shift_of_a_third_turns_red_into_green():
   np.testing.assert_allclose(np.asarray(green), [0., 1., 0.], atol=1e-6)
 
 
-def test_translation_only_moves_centre_of_mass_at_most_3_px():
-  config = only(translate_px=3.0)
+def test_per_image_translation_only_moves_centre_of_mass_at_most_3_px():
+  config = only('per_image', translate_px=3.0)
   images = jnp.broadcast_to(bright_square(), (B, H, W, 3))
   out = _augment_batch(jax.random.PRNGKey(0), images, config)
   before = centre_of_mass(images[0])
@@ -208,9 +239,9 @@ def test_rotation_zoom_and_shear_fix_the_image_centre(rotate, shear, zoom):
   np.testing.assert_allclose(np.asarray(out[16, 16]), 1.0, atol=1e-5)
 
 
-def test_rotation_zoom_and_shear_only_keep_a_centred_blob_centred():
+def test_per_image_rotation_zoom_and_shear_only_keep_a_centred_blob_centred():
   image = bright_square(top=13, left=13, size=6)  # centred on (15.5, 15.5)
-  config = only(rotate_deg=15.0, zoom=0.1, shear_deg=3.0)
+  config = only('per_image', rotate_deg=15.0, zoom=0.1, shear_deg=3.0)
   out = _augment_batch(jax.random.PRNGKey(0), jnp.broadcast_to(image, (B, H, W, 3)), config)
   for o in out:
     np.testing.assert_allclose(centre_of_mass(o), [15.5, 15.5], atol=0.05)
@@ -225,9 +256,9 @@ def test_geometry_fills_outside_with_nearest_edge_pixels():
   np.testing.assert_allclose(np.asarray(out[:, 3:]), np.asarray(ramp[:, :-3]), atol=1e-6)
 
 
-def test_brightness_only_shifts_mid_grey_uniformly_within_0_2():
+def test_per_image_brightness_only_shifts_mid_grey_uniformly_within_0_2():
   images = jnp.full((B, H, W, 3), 0.5, jnp.float32)
-  out = _augment_batch(jax.random.PRNGKey(0), images, only(brightness=0.2))
+  out = _augment_batch(jax.random.PRNGKey(0), images, only('per_image', brightness=0.2))
   deltas = np.asarray(out.mean((1, 2, 3))) - 0.5
   assert np.abs(deltas).max() <= 0.2 + 1e-6
   assert np.abs(deltas).max() > 0.1 and deltas.min() < 0 < deltas.max()
@@ -235,9 +266,9 @@ def test_brightness_only_shifts_mid_grey_uniformly_within_0_2():
   np.testing.assert_allclose(out, np.broadcast_to(out[:, :1, :1, :1], out.shape), atol=1e-6)
 
 
-def test_contrast_only_keeps_the_per_channel_mean_and_scales_within_range():
+def test_per_image_contrast_only_keeps_the_per_channel_mean_and_scales_within_range():
   images = 0.4 + 0.2 * random_images(0)  # in [0.4, 0.6]: no clipping at factors <= 1.5
-  out = _augment_batch(jax.random.PRNGKey(1), images, only(contrast=(0.5, 1.5)))
+  out = _augment_batch(jax.random.PRNGKey(1), images, only('per_image', contrast=(0.5, 1.5)))
   np.testing.assert_allclose(np.asarray(out.mean((1, 2))), np.asarray(images.mean((1, 2))),
                              atol=1e-5)
   ratio = out.std((1, 2)) / images.std((1, 2))
@@ -249,9 +280,9 @@ def constant_colour_images(rgb) -> jax.Array:
   return jnp.broadcast_to(jnp.asarray(rgb, jnp.float32), (B, H, W, 3))
 
 
-def test_hue_only_rotates_hue_within_0_08_turn_keeping_saturation_and_value():
+def test_per_image_hue_only_rotates_hue_within_0_08_turn_keeping_saturation_and_value():
   images = constant_colour_images([0.8, 0.5, 0.4])  # h = 1/24, s = 0.5, v = 0.8
-  out = _augment_batch(jax.random.PRNGKey(3), images, only(hue=0.08))
+  out = _augment_batch(jax.random.PRNGKey(3), images, only('per_image', hue=0.08))
   before = np.asarray(_rgb_to_hsv(images[:, 0, 0]))
   after = np.asarray(_rgb_to_hsv(out[:, 0, 0]))
   dh = (after[:, 0] - before[:, 0] + 0.5) % 1.0 - 0.5
@@ -259,9 +290,9 @@ def test_hue_only_rotates_hue_within_0_08_turn_keeping_saturation_and_value():
   np.testing.assert_allclose(after[:, 1:], before[:, 1:], atol=1e-5)
 
 
-def test_saturation_only_scales_saturation_within_range_keeping_hue_and_value():
+def test_per_image_saturation_only_scales_saturation_within_range_keeping_hue_and_value():
   images = constant_colour_images([0.8, 0.5, 0.4])  # s = 0.5: x1.5 stays below 1
-  out = _augment_batch(jax.random.PRNGKey(4), images, only(saturation=(0.3, 1.5)))
+  out = _augment_batch(jax.random.PRNGKey(4), images, only('per_image', saturation=(0.3, 1.5)))
   before = np.asarray(_rgb_to_hsv(images[:, 0, 0]))
   after = np.asarray(_rgb_to_hsv(out[:, 0, 0]))
   ratio = after[:, 1] / before[:, 1]
@@ -270,25 +301,28 @@ def test_saturation_only_scales_saturation_within_range_keeping_hue_and_value():
   np.testing.assert_allclose(after[:, [0, 2]], before[:, [0, 2]], atol=1e-5)
 
 
-def test_hue_and_saturation_only_keep_the_value_channel():
+@pytest.mark.parametrize('mode', MODES)
+def test_hue_and_saturation_only_keep_the_value_channel(mode):
   images = random_images(0)
-  out = _augment_batch(jax.random.PRNGKey(2), images, only(hue=0.08, saturation=(0.3, 1.5)))
+  out = _augment_batch(jax.random.PRNGKey(2), images,
+                       only(mode, hue=0.08, saturation=(0.3, 1.5)))
   np.testing.assert_allclose(np.asarray(out.max(-1)), np.asarray(images.max(-1)), atol=1e-5)
   assert float(jnp.abs(out - images).max()) > 0.05
 
 
-def test_grey_images_stay_grey_without_noise():
+@pytest.mark.parametrize('mode', MODES)
+def test_grey_images_stay_grey_without_noise(mode):
   grey = jnp.broadcast_to(random_images(0)[..., :1], (B, H, W, 3))
-  config = dataclasses.replace(augment.AugmentConfig(), noise_std_max=0.0)
+  config = dataclasses.replace(MODES[mode], noise_std_max=0.0)
   out = _augment_batch(jax.random.PRNGKey(0), grey, config)
   np.testing.assert_allclose(np.asarray(out[..., 0]), np.asarray(out[..., 1]), atol=1e-6)
   np.testing.assert_allclose(np.asarray(out[..., 0]), np.asarray(out[..., 2]), atol=1e-6)
   assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
 
 
-def test_noise_only_has_zero_mean_and_std_at_most_0_03():
+def test_per_image_noise_only_has_zero_mean_and_std_at_most_0_03():
   images = jnp.full((B, H, W, 3), 0.5, jnp.float32)
-  out = _augment_batch(jax.random.PRNGKey(0), images, only(noise_std_max=0.03))
+  out = _augment_batch(jax.random.PRNGKey(0), images, only('per_image', noise_std_max=0.03))
   residual = np.asarray(out - images)
   stds = residual.std((1, 2, 3))
   assert stds.max() <= 0.03 * 1.05 and stds.max() > 0.015
