@@ -39,7 +39,9 @@ Mode 'original' (the default) does what `classifier.py` did, in this order:
 one scalar); under `jax.vmap` over models each model draws its own. `draw_params` returns the
 geometry (per image) and the colour parameters (per batch) and the noise, `apply_params` applies
 them; all of a batch's random numbers come from ONE `jax.random.uniform` call on its key (each
-separate draw, key splits included, adds compile time under vmap on CPU).
+separate draw, key splits included, adds compile time under vmap on CPU: per-image keys for the
+geometry plus a batch key measured 2.4 s of compile against 1.5 s for `maybe_augment` vmapped
+over 8 models of 64 images on this CPU).
 
 Mode 'per_image' is this module's earlier reading of the protocol's words, kept bit-identical:
 every parameter drawn independently per image (image i uses key `jax.random.split(key, B)[i]`,

@@ -328,3 +328,426 @@ def test_per_image_noise_only_has_zero_mean_and_std_at_most_0_03():
   assert stds.max() <= 0.03 * 1.05 and stds.max() > 0.015
   assert abs(residual.mean()) < 1e-3
   assert np.abs(residual.mean((1, 2, 3))).max() < 4 * 0.03 / np.sqrt(H * W * 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# 'original' mode: the parameter draws.
+
+N_BATCHES = 2000
+SMALL = (B, 2, 2, 3)  # parameter statistics only: keep the noise array small
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _draws(keys, shape, config):
+  return jax.vmap(augment.draw_params, in_axes=(0, None, None))(keys, shape, config)
+
+
+def many_draws(seed: int = 0, config=augment.AugmentConfig()) -> dict:
+  keys = jax.random.split(jax.random.PRNGKey(seed), N_BATCHES)
+  p = _draws(keys, SMALL, config)
+  return {f.name: np.asarray(getattr(p, f.name)) for f in dataclasses.fields(p)}
+
+
+def assert_uniform(x: np.ndarray, lo: float, hi: float):
+  """x (many samples) ~ U(lo, hi): inside, reaching both ends, mean and variance right."""
+  x = x.ravel()
+  width = hi - lo
+  assert x.min() >= lo - 1e-6 and x.max() <= hi + 1e-6
+  assert x.min() < lo + 0.01 * width and x.max() > hi - 0.01 * width
+  assert abs(x.mean() - (lo + hi) / 2) < 5 * width / np.sqrt(12 * x.size)
+  np.testing.assert_allclose(x.var(), width ** 2 / 12, rtol=0.1)
+
+
+def test_original_draw_shapes_geometry_per_image_colour_per_batch():
+  p = augment.draw_params(jax.random.PRNGKey(0), (B, H, W, 3), augment.AugmentConfig())
+  for name in ('tx', 'ty', 'rotate', 'zoom', 'shear_x', 'shear_y'):
+    assert getattr(p, name).shape == (B,), name
+  for name in ('brightness', 'contrast', 'hue', 'saturation', 'noise_std'):
+    assert getattr(p, name).shape == (), name
+  assert p.noise.shape == (B, H, W, 3)
+
+
+def test_original_colour_parameters_are_one_per_batch_and_vary_across_batches():
+  d = many_draws()
+  for name in ('brightness', 'contrast', 'hue', 'saturation', 'noise_std'):
+    assert d[name].shape == (N_BATCHES,), name  # one scalar per batch
+  assert_uniform(d['brightness'], -0.2, 0.2)
+  assert_uniform(d['contrast'], 0.5, 1.5)
+  assert_uniform(d['hue'], -0.08, 0.08)
+  assert_uniform(d['saturation'], 0.3, 1.5)
+  assert_uniform(d['noise_std'], 0.0, 0.03)
+  # Independent of each other.
+  c = np.corrcoef(np.stack([d[n] for n in ('brightness', 'contrast', 'hue', 'saturation',
+                                           'noise_std')]))
+  assert np.abs(c - np.eye(5)).max() < 0.1
+
+
+def test_original_geometry_parameters_are_per_image_within_their_ranges():
+  d = many_draws()
+  deg = np.pi / 180
+  ranges = {'tx': (-3, 3), 'ty': (-3, 3), 'rotate': (-15 * deg, 15 * deg),
+            'zoom': (1 - 0.099, 1 + 0.099), 'shear_x': (-3 * deg, 3 * deg),
+            'shear_y': (-3 * deg, 3 * deg)}
+  for name, (lo, hi) in ranges.items():
+    x = d[name]
+    assert x.shape == (N_BATCHES, B), name
+    assert_uniform(x, lo, hi)
+    # Different images of a batch get different values, spread as much as across batches.
+    assert np.all(x.std(axis=1) > 0), name
+    np.testing.assert_allclose(x.std(axis=1).mean() ** 2 * B / (B - 1), (hi - lo) ** 2 / 12,
+                               rtol=0.1)
+  g = np.stack([d[n].ravel() for n in ranges])
+  assert np.abs(np.corrcoef(g) - np.eye(6)).max() < 0.05  # hx and hy included: independent
+
+
+def test_original_noise_is_standard_normal_and_independent_of_the_parameters():
+  n = many_draws()['noise']
+  assert abs(n.mean()) < 5 / np.sqrt(n.size)
+  np.testing.assert_allclose(n.std(), 1.0, rtol=0.01)
+  assert abs(float(np.mean(n ** 4)) - 3.0) < 0.1  # Gaussian kurtosis
+
+
+def test_original_draw_ranges_follow_the_config():
+  config = dataclasses.replace(augment.AugmentConfig(), translate_px=1.0, rotate_deg=5.0,
+                               zoom=0.5, shear_deg=10.0, brightness=0.1, contrast=(0.9, 1.0),
+                               hue=0.25, saturation=(2.0, 3.0), noise_std_max=0.5)
+  d = many_draws(1, config)
+  deg = np.pi / 180
+  assert_uniform(d['tx'], -1, 1)
+  assert_uniform(d['rotate'], -5 * deg, 5 * deg)
+  assert_uniform(d['zoom'], 0.5, 1.5)
+  assert_uniform(d['shear_y'], -10 * deg, 10 * deg)
+  assert_uniform(d['brightness'], -0.1, 0.1)
+  assert_uniform(d['contrast'], 0.9, 1.0)
+  assert_uniform(d['hue'], -0.25, 0.25)
+  assert_uniform(d['saturation'], 2.0, 3.0)
+  assert_uniform(d['noise_std'], 0.0, 0.5)
+
+
+def test_original_augment_batch_is_apply_of_draw():
+  images = random_images(0)
+  key = jax.random.PRNGKey(4)
+  config = augment.AugmentConfig()
+  expected = jax.jit(augment.apply_params)(
+      images, augment.draw_params(key, images.shape, config))
+  np.testing.assert_allclose(np.asarray(_augment_batch(key, images, config)),
+                             np.asarray(expected), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# 'original' mode: geometry against a direct evaluation of the original's formula.
+
+
+def formula_transform(tx, ty, r, z, hx, hy, sx=32.0, sy=32.0) -> np.ndarray:
+  """classifier.py's m1..m6 in float64, written out as in the original."""
+  a, b, c, d = hx - r, np.cos(hx), hy + r, np.cos(hy)
+  return np.array([
+      z * np.cos(a) / b,
+      z * np.sin(a) / b,
+      (sx * b - sx * z * np.cos(a) + 2 * tx * z * np.cos(a) - sy * z * np.sin(a)
+       + 2 * ty * z * np.sin(a)) / (2 * b),
+      z * np.sin(c) / d,
+      z * np.cos(c) / d,
+      (sy * d - sy * z * np.cos(c) + 2 * ty * z * np.cos(c) - sx * z * np.sin(c)
+       + 2 * tx * z * np.sin(c)) / (2 * d),
+      0.0, 0.0])
+
+
+def reference_transform(image: np.ndarray, m: np.ndarray) -> np.ndarray:
+  """tf.contrib.image.transform (BILINEAR) of [H, W, C], pixel by pixel as TF's kernel does it."""
+  h, w, _ = image.shape
+
+  def read(y, x):
+    return image[y, x] if 0 <= y < h and 0 <= x < w else 0.0
+
+  out = np.zeros_like(image, dtype=np.float64)
+  for y in range(h):
+    for x in range(w):
+      k = m[6] * x + m[7] * y + 1.0
+      xi = (m[0] * x + m[1] * y + m[2]) / k
+      yi = (m[3] * x + m[4] * y + m[5]) / k
+      x0, y0 = int(np.floor(xi)), int(np.floor(yi))
+      top = (x0 + 1 - xi) * read(y0, x0) + (xi - x0) * read(y0, x0 + 1)
+      bottom = (x0 + 1 - xi) * read(y0 + 1, x0) + (xi - x0) * read(y0 + 1, x0 + 1)
+      out[y, x] = (y0 + 1 - yi) * top + (yi - y0) * bottom
+  return out
+
+
+_transform = jax.jit(augment.projective_transform)
+_original_transform = jax.jit(augment.original_transform, static_argnames=('width', 'height'))
+
+
+def original_warp(image, tx=0.0, ty=0.0, r=0.0, z=1.0, hx=0.0, hy=0.0):
+  m = _original_transform(*(jnp.float32(v) for v in (tx, ty, r, z, hx, hy)))
+  return np.asarray(_transform(jnp.asarray(image), m))
+
+
+def test_original_transform_is_the_formula():
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    p = rng.uniform([-3, -3, -0.3, 0.9, -0.06, -0.06], [3, 3, 0.3, 1.1, 0.06, 0.06])
+    got = np.asarray(_original_transform(*(jnp.float32(v) for v in p)))
+    np.testing.assert_allclose(got, formula_transform(*p), atol=2e-5)
+  p = (1.0, -2.0, 0.2, 1.05, 0.03, -0.04)
+  got = augment.original_transform(*(jnp.float32(v) for v in p), width=40, height=24)
+  np.testing.assert_allclose(np.asarray(got), formula_transform(*p, sx=40.0, sy=24.0),
+                             atol=2e-5)
+
+
+def test_original_transform_of_neutral_parameters_is_the_identity():
+  m = np.asarray(_original_transform(*(jnp.float32(v) for v in (0, 0, 0, 1, 0, 0))))
+  np.testing.assert_array_equal(m, [1, 0, 0, 0, 1, 0, 0, 0])
+  image = np.asarray(random_images(0, 1)[0])
+  np.testing.assert_array_equal(original_warp(image), image)
+
+
+def test_original_translation_tx_1_moves_content_one_column_left_with_zero_fill():
+  image = np.asarray(random_images(0, 1)[0])
+  out = original_warp(image, tx=1.0)  # output (x, y) reads input (x + 1, y)
+  np.testing.assert_allclose(out[:, :-1], image[:, 1:], atol=1e-6)
+  np.testing.assert_array_equal(out[:, -1], 0.0)
+  out = original_warp(image, ty=-2.0)  # output (x, y) reads input (x, y - 2): down 2 rows
+  np.testing.assert_allclose(out[2:], image[:-2], atol=1e-6)
+  np.testing.assert_array_equal(out[:2], 0.0)
+
+
+def test_original_half_pixel_translation_blends_with_the_zero_fill_at_the_border():
+  image = np.asarray(random_images(0, 1)[0])
+  out = original_warp(image, tx=0.5)
+  np.testing.assert_allclose(out[:, :-1], 0.5 * (image[:, :-1] + image[:, 1:]), atol=1e-6)
+  np.testing.assert_allclose(out[:, -1], 0.5 * image[:, -1], atol=1e-6)
+
+
+def test_original_rotation_of_90_degrees_about_pixel_16_16():
+  image = np.asarray(random_images(0, 1)[0])
+  out = original_warp(image, r=np.pi / 2)  # output (x, y) reads input (32 - y, x)
+  rows, cols = np.indices((H, W))
+  expected = np.where((32 - rows < W)[..., None], image[cols, np.minimum(32 - rows, W - 1)],
+                      0.0)
+  np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize('r, z, hx, hy', [(0.26, 1.099, 0.05, -0.05), (-0.26, 0.901, -0.05, 0.02)])
+def test_original_rotation_zoom_and_shear_fix_pixel_16_16_not_15_5(r, z, hx, hy):
+  image = np.zeros((H, W, 3), np.float32)
+  image[16, 16] = 1.0
+  out = original_warp(image, r=r, z=z, hx=hx, hy=hy)
+  np.testing.assert_allclose(out[16, 16], 1.0, atol=1e-5)
+
+
+def test_original_translation_shifts_the_output_by_minus_t_whatever_the_rest():
+  # input = M (out - c + t) + c: out(p) = ref(p + t), ref the same map without translation.
+  image = np.asarray(random_images(0, 1)[0])
+  out = original_warp(image, tx=2.0, ty=-1.0, r=0.2, z=1.05, hx=0.04, hy=-0.03)
+  ref = original_warp(image, r=0.2, z=1.05, hx=0.04, hy=-0.03)
+  np.testing.assert_allclose(out[1:, :-2], ref[:-1, 2:], atol=1e-5)
+
+
+def test_original_geometry_matches_a_pixel_by_pixel_evaluation_of_the_formula():
+  rng = np.random.default_rng(1)
+  image = np.asarray(random_images(3, 1)[0])
+  for _ in range(3):
+    p = rng.uniform([-3, -3, -0.26, 0.901, -0.052, -0.052], [3, 3, 0.26, 1.099, 0.052, 0.052])
+    np.testing.assert_allclose(original_warp(image, *p),
+                               reference_transform(image, formula_transform(*p)), atol=2e-5)
+
+
+def test_projective_transform_divides_by_k_as_tf():
+  image = np.asarray(random_images(0, 1, 8, 8)[0])
+  m = np.array([0.9, 0.1, 0.5, -0.05, 1.1, 0.3, 0.01, -0.02])
+  np.testing.assert_allclose(np.asarray(_transform(jnp.asarray(image), jnp.asarray(m))),
+                             reference_transform(image, m), atol=2e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# 'original' mode: colour as TF's kernels, and the whole pipeline.
+
+
+def tf_rgb_to_hsv(rgb: np.ndarray):
+  """TF's AdjustSaturation kernel's rgb_to_hsv, vectorised."""
+  r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+  vv = rgb.max(-1)
+  rng = vv - rgb.min(-1)
+  s = np.where(vv > 0, rng / np.where(vv > 0, vv, 1.0), 0.0)
+  with np.errstate(divide='ignore', invalid='ignore'):
+    norm = 1.0 / (6.0 * rng)
+    hh = np.where(r == vv, norm * (g - b),
+                  np.where(g == vv, norm * (b - r) + 2 / 6, norm * (r - g) + 4 / 6))
+  hh = np.where(rng <= 0, 0.0, hh)
+  return np.where(hh < 0, hh + 1, hh), s, vv
+
+
+def tf_hsv_to_rgb(h, s, v) -> np.ndarray:
+  """TF's AdjustSaturation kernel's hsv_to_rgb (category switch), vectorised."""
+  c = s * v
+  m = v - c
+  dh = h * 6
+  cat = np.trunc(dh).astype(int)
+  x = c * (1 - np.abs(np.mod(dh, 2.0) - 1))
+  zero = np.zeros_like(c)
+  table = {0: (c, x, zero), 1: (x, c, zero), 2: (zero, c, x), 3: (zero, x, c),
+           4: (x, zero, c), 5: (c, zero, x)}
+  rgb = [np.select([cat == k for k in table], [table[k][i] for k in table], 0.0)
+         for i in range(3)]
+  return np.stack(rgb, -1) + m[..., None]
+
+
+def tf_adjust_hue_cpu(rgb: np.ndarray, delta: float) -> np.ndarray:
+  """TF's AdjustHue CPU kernel: hue in [0, 6) with the pixel's min and max kept."""
+  r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+  conds = [(r < g) & (b < r), (r < g) & (b > g), r < g, b < g, b > r, np.ones_like(r, bool)]
+  cats = [1, 3, 2, 0, 4, 5]
+  vmax = np.select(conds, [g, b, g, r, b, r])
+  vmid = np.select(conds, [r, g, b, g, r, b])
+  vmin = np.select(conds, [b, r, r, b, g, g])
+  cat = np.select(conds, cats)
+  with np.errstate(divide='ignore', invalid='ignore'):
+    ratio = (vmid - vmin) / (vmax - vmin)
+  h = np.where(vmax == vmin, 0.0, cat + np.where(cat % 2 == 0, ratio, 1 - ratio))
+  h = np.mod(h + delta * 6, 6.0)
+  cat = h.astype(int)
+  ratio = h - cat
+  ratio = np.where(cat % 2 == 0, ratio, 1 - ratio)
+  vmid = vmin + ratio * (vmax - vmin)
+  table = {0: (vmax, vmid, vmin), 1: (vmid, vmax, vmin), 2: (vmin, vmax, vmid),
+           3: (vmin, vmid, vmax), 4: (vmid, vmin, vmax), 5: (vmax, vmin, vmid)}
+  return np.stack([np.select([cat == k for k in table], [table[k][i] for k in table])
+                   for i in range(3)], -1)
+
+
+def tf_adjust_hue_gpu(rgb: np.ndarray, delta: float) -> np.ndarray:
+  """TF's GPU AdjustHue (adjust_hsv_gpu.cu.h): through HSV, s = 0 where max <= 0."""
+  h, s, v = tf_rgb_to_hsv(rgb)
+  return tf_hsv_to_rgb(np.mod(h + delta, 1.0), s, v)
+
+
+def tf_adjust_saturation(rgb: np.ndarray, factor: float) -> np.ndarray:
+  h, s, v = tf_rgb_to_hsv(rgb)
+  return tf_hsv_to_rgb(h, np.clip(s * factor, 0.0, 1.0), v)
+
+
+_hue_saturation = jax.jit(augment._hue_saturation)
+
+
+def test_hue_of_values_outside_the_unit_range_as_tf_documents_it():
+  # tf.image.adjust_hue's documented example: [1, 2, 3] shifted by 0.2 -> [2.4, 1, 3].
+  out = _hue_saturation(jnp.asarray([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), 0.2, 1.0)
+  np.testing.assert_allclose(np.asarray(out), [[2.4, 1.0, 3.0], [5.4, 4.0, 6.0]], atol=1e-5)
+
+
+@pytest.mark.parametrize('tf_hue', [tf_adjust_hue_cpu, tf_adjust_hue_gpu])
+def test_one_hsv_round_trip_equals_tf_hue_then_tf_saturation_on_any_floats(tf_hue):
+  rng = np.random.default_rng(0)
+  rgb = rng.uniform(-0.6, 1.6, (4000, 3)).astype(np.float32)
+  rgb[:200] = rng.uniform(-0.6, 0.0, (200, 3))  # max <= 0
+  rgb[200:300, 1] = rgb[200:300, 0]  # ties
+  rgb[300:400] = rgb[300:400, :1]  # grey
+  for delta, factor in [(0.07, 1.4), (-0.08, 0.3), (0.0, 1.0), (0.03, 0.8)]:
+    expected = tf_adjust_saturation(tf_hue(rgb.astype(np.float64), delta), factor)
+    got = np.asarray(_hue_saturation(jnp.asarray(rgb), delta, factor))
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+
+
+def reference_original(images: np.ndarray, p: augment.BatchParams) -> np.ndarray:
+  """classifier.py's augmentation in numpy float64, step by step as TF does it."""
+  p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), p)
+  x = np.stack([reference_transform(
+      img, formula_transform(p.tx[i], p.ty[i], p.rotate[i], p.zoom[i], p.shear_x[i],
+                             p.shear_y[i])) for i, img in enumerate(images)])
+  x = x + p.brightness  # random_brightness
+  mean = x.mean(axis=(1, 2), keepdims=True)
+  x = (x - mean) * p.contrast + mean  # random_contrast
+  x = tf_adjust_hue_cpu(x, p.hue)  # random_hue
+  x = tf_adjust_saturation(x, p.saturation)  # random_saturation
+  x = x + p.noise_std * p.noise
+  return np.clip(x, 0.0, 1.0)
+
+
+_apply_params = jax.jit(augment.apply_params)
+
+
+def test_original_pipeline_matches_tf_step_by_step_including_out_of_range_values():
+  images = np.asarray(random_images(5, 3))
+  key = jax.random.PRNGKey(2)
+  p = augment.draw_params(key, images.shape, augment.AugmentConfig())
+  # Strong colour changes that push values outside [0, 1] before the HSV steps.
+  p = dataclasses.replace(p, brightness=jnp.float32(-0.19), contrast=jnp.float32(1.45),
+                          hue=jnp.float32(0.07), saturation=jnp.float32(1.3),
+                          noise_std=jnp.float32(0.02))
+  got = np.asarray(_apply_params(jnp.asarray(images), p))
+  np.testing.assert_allclose(got, reference_original(images, p), atol=5e-5)
+  # With other draws as they come.
+  p = augment.draw_params(jax.random.PRNGKey(3), images.shape, augment.AugmentConfig())
+  np.testing.assert_allclose(np.asarray(_apply_params(jnp.asarray(images), p)),
+                             reference_original(images, p), atol=5e-5)
+
+
+def test_original_does_not_clip_between_contrast_and_hue():
+  # (0.1, 0.3, 0.5) - 0.2 = (-0.1, 0.1, 0.3): v = 0.3, s = 4/3, hue halfway from blue to cyan.
+  # TF's saturation step (factor 1) clips s to 1, keeping hue and v: (0, 0.15, 0.3). Clipping
+  # to [0, 1] before HSV would give (0, 0.1, 0.3) instead.
+  images = jnp.broadcast_to(jnp.asarray([0.1, 0.3, 0.5], jnp.float32), (1, H, W, 3))
+  p = augment.draw_params(jax.random.PRNGKey(0), images.shape, IDENTITY)
+  p = dataclasses.replace(p, brightness=jnp.float32(-0.2))
+  out = np.asarray(_apply_params(images, p))[0, 5, 5]
+  np.testing.assert_allclose(out, [0.0, 0.15, 0.3], atol=1e-6)
+  tf = tf_adjust_saturation(tf_adjust_hue_cpu(np.asarray([[-0.1, 0.1, 0.3]]), 0.0), 1.0)
+  np.testing.assert_allclose(tf[0], [0.0, 0.15, 0.3], atol=1e-12)
+
+
+def test_original_output_is_clipped_to_the_unit_range():
+  images = jnp.concatenate([jnp.full((1, H, W, 3), 0.9), jnp.full((1, H, W, 3), 0.05)])
+  p = augment.draw_params(jax.random.PRNGKey(0), images.shape, IDENTITY)
+  up = np.asarray(_apply_params(images, dataclasses.replace(p, brightness=jnp.float32(0.2))))
+  np.testing.assert_array_equal(up[0], 1.0)
+  np.testing.assert_allclose(up[1], 0.25, atol=1e-6)
+  down = np.asarray(_apply_params(images, dataclasses.replace(p, brightness=jnp.float32(-0.2))))
+  np.testing.assert_array_equal(down[1], 0.0)
+  noisy = np.asarray(_apply_params(images, dataclasses.replace(p, noise_std=jnp.float32(0.5))))
+  assert noisy.min() == 0.0 and noisy.max() == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# 'original' mode: per-batch colour and noise seen in the output.
+
+
+def test_original_colour_only_treats_every_image_of_a_batch_alike():
+  images = jnp.broadcast_to(random_images(0, 1), (B, H, W, 3))
+  config = only(brightness=0.2, contrast=(0.5, 1.5), hue=0.08, saturation=(0.3, 1.5))
+  a = np.asarray(_augment_batch(jax.random.PRNGKey(0), images, config))
+  np.testing.assert_allclose(a, np.broadcast_to(a[:1], a.shape), atol=1e-6)
+  b = np.asarray(_augment_batch(jax.random.PRNGKey(1), images, config))
+  assert np.abs(a - b).max() > 0.05  # another batch, other parameters
+
+
+def test_original_geometry_only_differs_between_images_of_a_batch():
+  images = jnp.broadcast_to(random_images(0, 1), (B, H, W, 3))
+  out = np.asarray(_augment_batch(jax.random.PRNGKey(0), images,
+                                  only(translate_px=3.0, rotate_deg=15.0, zoom=0.099,
+                                       shear_deg=3.0)))
+  for i in range(1, B):
+    assert np.abs(out[i] - out[0]).max() > 0.05
+
+
+def test_original_brightness_only_shifts_a_whole_batch_by_one_delta():
+  images = jnp.full((B, H, W, 3), 0.5, jnp.float32)
+  deltas = []
+  for seed in range(6):
+    out = np.asarray(_augment_batch(jax.random.PRNGKey(seed), images, only(brightness=0.2)))
+    np.testing.assert_allclose(out, out[0, 0, 0, 0], atol=1e-6)
+    deltas.append(out[0, 0, 0, 0] - 0.5)
+  assert max(np.abs(deltas)) <= 0.2 + 1e-6 and np.ptp(deltas) > 0.05
+
+
+def test_original_noise_only_has_one_std_per_batch():
+  images = jnp.full((B, H, W, 3), 0.5, jnp.float32)
+  stds = []
+  for seed in range(6):
+    residual = np.asarray(_augment_batch(jax.random.PRNGKey(seed), images,
+                                         only(noise_std_max=0.03))) - 0.5
+    per_image = residual.std((1, 2, 3))
+    # One std: the images' sample stds agree to sampling error (H·W·3 = 3072 values each).
+    np.testing.assert_allclose(per_image, per_image.mean(), rtol=6 / np.sqrt(2 * H * W * 3))
+    assert abs(residual.mean()) < 1e-3
+    stds.append(per_image.mean())
+  assert max(stds) <= 0.03 * 1.05 and np.ptp(stds) > 0.005
