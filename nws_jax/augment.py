@@ -6,7 +6,8 @@ The reference study's protocol (§3): "Augmentation, when on, per image: random 
 [0, 0.03]; clipped to [0, 1]." The authors' code (`classifier.py`, PROTOCOL §7) draws the
 geometry per image but the colour parameters once per batch. `AugmentConfig.mode` picks one.
 
-Mode 'original' (the default) does what `classifier.py` did, in this order:
+Mode 'original' (the default) does what `classifier.py` did, in this order (ranges shown are
+`AugmentConfig`'s defaults, which are the original's):
 
 1. Geometry, per image: tx, ty ~ U(-3, 3) px, r ~ U(-15°, 15°), z ~ U(1 - 0.099, 1 + 0.099)
    (the code's 0.033·sc with sc = 3; the protocol rounds it to 10%), shear hx, hy ~ U(-3°, 3°) on
