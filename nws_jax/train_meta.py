@@ -61,8 +61,9 @@ flags.DEFINE_list('conv_widths', [], 'Widths of the conv layers (default: the st
 flags.DEFINE_integer('seed', 0, 'Seed of the split, the initialisation and the slices.')
 flags.DEFINE_float('test_fraction', 0.2, 'Share of the models held out as meta-test models.')
 flags.DEFINE_float('valid_fraction', 0.1, 'Share of the other models used for validation.')
-flags.DEFINE_bool('drop_failed', False, 'Leave out models flagged failed in models.csv '
-                  '(as the release did).')
+flags.DEFINE_bool('include_failed', False, 'Keep models flagged failed in models.csv (test '
+                  'accuracy below 0.15, or diverged); by default they are left out, as the '
+                  'release left its failed nets out. Release nets carry no such flag.')
 flags.DEFINE_integer('ensemble_slices', 20, 'Random slices per test snapshot for the accuracy '
                      'table and the votes.')
 flags.DEFINE_integer('positions', 100, 'Evenly spaced slice positions for position.csv.')
@@ -113,7 +114,7 @@ def main(argv):
           batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
           conv_widths=_int_list('conv_widths') or None, dense_widths=_int_list('dense_widths'),
           seed=FLAGS.seed, test_fraction=FLAGS.test_fraction,
-          valid_fraction=FLAGS.valid_fraction, drop_failed=FLAGS.drop_failed)
+          valid_fraction=FLAGS.valid_fraction, include_failed=FLAGS.include_failed)
       options = pipeline.EvalOptions(**{name: FLAGS[name].value for name in option_flags})
       if FLAGS.nws_csv:
         source = source_lib.from_release(FLAGS.nws_csv, FLAGS.nws_test_csv,
@@ -126,6 +127,9 @@ def main(argv):
   except (ValueError, OSError, zoo_lib.ZooError, store.MetaWorkdirError) as e:
     _fail(str(e))
   print(pipeline.summary(results))
+  failed = store.read_failed(FLAGS.workdir)  # None for a run saved before it was recorded
+  if failed is not None:
+    print(pipeline.describe_failed(failed))
   if FLAGS.nws_csv and len(source.reader.damaged):
     print(f'left out {len(source.reader.damaged)} damaged nets (listed in '
           f'{pipeline.DAMAGED_FILE})')

@@ -210,3 +210,28 @@ def test_evaluate_only_without_baseline_removes_the_stale_baseline(tiny_runs, tm
   assert result.returncode == 0, result.stderr
   assert not (workdir / 'baseline.csv').exists()
   assert 'gbt_slice' not in result.stdout
+
+
+# Failed models (models.csv `failed`): left out by default, as the release did.
+
+@pytest.mark.parametrize('include', [False, True], ids=['default', 'include_failed'])
+def test_failed_models_are_left_out_unless_include_failed(tmp_path, synthetic_zoo_dir, include):
+  failed = [1, 4, 9, 16, 25]
+  zoo = tmp_path / 'zoo'
+  shutil.copytree(synthetic_zoo_dir, zoo)
+  table = pd.read_csv(zoo / 'models.csv')
+  table['failed'] = table.index.isin(failed)
+  table.to_csv(zoo / 'models.csv', index=False)
+  workdir = tmp_path / 'meta'
+  result = run_cli(f'--zoo={zoo}', f'--workdir={workdir}', *TINY_FLAGS, '--epochs=1',
+                   '--nobaseline', *(['--include_failed'] if include else []))
+  assert result.returncode == 0, result.stderr
+  note = json.loads((workdir / 'run.json').read_text())['failed']
+  assert (note['flagged'], note['dropped'], note['models']) == (5, 0 if include else 5, 40)
+  assert note['include_failed'] is include and '0.15' in note['threshold']
+  split = json.loads((workdir / 'split.json').read_text())
+  used = set(split['train']) | set(split['valid']) | set(split['test'])
+  assert len(used) == (40 if include else 35)
+  assert bool(used & set(failed)) is include
+  line = next(l for l in result.stdout.splitlines() if l.startswith('failed models'))
+  assert '0.15' in line and f'5 of 40 flagged, dropped {note["dropped"]}' in line

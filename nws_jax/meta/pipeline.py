@@ -70,20 +70,55 @@ class Results:
 DAMAGED_FILE = 'damaged_nets.csv'
 
 
+def failed_note(table: pd.DataFrame, include_failed: bool) -> dict:
+  """What a run does with models flagged failed, as run.json records it (`store.save_run`):
+  include_failed; threshold (what `failed` means, or None when the nets carry no flag); flagged
+  and dropped (how many models were flagged, and left out); models (all rows); note."""
+  if 'failed' not in table:
+    return dict(include_failed=bool(include_failed), threshold=None, flagged=0, dropped=0,
+                models=len(table), note='the release\'s nets carry no failed flag (the release '
+                'left its failed nets out itself): none left out')
+  from nws_jax import zoo_builder  # the zoo's threshold (a heavy import, needed only here)
+  flagged = int(table['failed'].to_numpy(bool).sum())
+  return dict(include_failed=bool(include_failed),
+              threshold=f'test accuracy below {zoo_builder.FAILED_BELOW} or diverged '
+                        '(models.csv failed, set when the zoo was trained)',
+              flagged=flagged, dropped=0 if include_failed else flagged, models=len(table),
+              note='kept (include_failed)' if include_failed else
+                   'left out, as the release did (include_failed keeps them)')
+
+
+def describe_failed(note: dict) -> str:
+  """One line on `failed_note`'s record, for the printout."""
+  if note.get('threshold') is None:
+    return (f'failed models: {note.get("note", "no failed flag")} (dropped '
+            f'{note.get("dropped", 0)})')
+  return (f'failed models ({note["threshold"]}): {note["flagged"]} of {note["models"]} flagged, '
+          f'dropped {note["dropped"]}' + ('' if note['include_failed'] else
+                                          ' (--include_failed keeps them)'))
+
+
 def plan(config: train_lib.MetaConfig, source: source_lib.WeightSource):
   """(split, targets) for `config` on `source`; raises ValueError subclasses, one line, for a
   config these nets cannot satisfy. Touches no file. A release read with its test CSVs keeps
   their nets as the meta-test side."""
   config.validate()
   table = source.table
-  models = train_lib.eligible_models(table, config.drop_failed)
-  if source.test_models is None:
-    split = split_lib.make_split(models, config.seed, config.test_fraction,
-                                 config.valid_fraction)
-  else:
-    test = np.intersect1d(models, source.test_models)
-    split = split_lib.split_with_test(np.setdiff1d(models, test), test, config.seed,
-                                      config.valid_fraction)
+  models = train_lib.eligible_models(table, config.include_failed)
+  try:
+    if source.test_models is None:
+      split = split_lib.make_split(models, config.seed, config.test_fraction,
+                                   config.valid_fraction)
+    else:
+      test = np.intersect1d(models, source.test_models)
+      split = split_lib.split_with_test(np.setdiff1d(models, test), test, config.seed,
+                                        config.valid_fraction)
+  except split_lib.SplitError as e:
+    dropped = len(table) - len(models)
+    if not dropped:
+      raise
+    raise split_lib.SplitError(f'{e}, after leaving out {dropped} failed models '
+                               '(--include_failed keeps them)') from e
   names = config.properties or targets_lib.varying_properties(table.iloc[models])
   if not names:
     raise targets_lib.PropertyError('no property varies in this zoo; nothing to learn')
@@ -112,7 +147,8 @@ def train_and_evaluate(config: train_lib.MetaConfig, source: source_lib.WeightSo
     if damaged is not None and len(damaged):
       zoo_lib.write_csv_atomic(damaged, os.path.join(tmp, DAMAGED_FILE))
     run = train_lib.fit(config, source.table, source.reader, split, targets, progress=progress)
-    store.save_run(tmp, run, source.description)
+    store.save_run(tmp, run, source.description,
+                   failed=failed_note(source.table, config.include_failed))
     results = evaluate_run(run, source, tmp, options)
   return results
 

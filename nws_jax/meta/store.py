@@ -5,6 +5,8 @@ Layout:
                  absolute path, or the release's split CSVs and how they were checked)
   damaged_nets.csv  nets of the release left out as damaged (--on_damaged=skip), if any
   run.json       the properties (classes, regression scaling) and the model shapes
+                 and `failed`: what the run did with models flagged failed, the threshold and
+                 how many it left out (`pipeline.failed_note`; absent from older runs)
   split.json     the meta-train / validation / meta-test models (rows of the zoo's models.csv)
   checkpoint/    Orbax: the kept parameters and batch statistics of every member, [P, ...]
   history.csv    per epoch and property: training loss, validation score
@@ -34,6 +36,7 @@ SPLIT_FILE = 'split.json'
 CHECKPOINT_DIR = 'checkpoint'
 HISTORY_FILE = 'history.csv'
 EVAL_FILE = 'evaluation.json'
+FAILED_KEY = 'failed'  # run.json: what the run did with failed models
 
 
 class MetaWorkdirError(RuntimeError):
@@ -71,8 +74,10 @@ def _read_json(path: str):
         from e
 
 
-def save_run(workdir: str, run: train_lib.MetaRun, source: dict) -> None:
-  """Writes the checkpoint first and the JSON files after it: a run.json means a usable run."""
+def save_run(workdir: str, run: train_lib.MetaRun, source: dict,
+             failed: dict | None = None) -> None:
+  """Writes the checkpoint first and the JSON files after it: a run.json means a usable run.
+  failed: what the run did with failed models (`pipeline.failed_note`), kept in run.json."""
   checkpointer = ocp.StandardCheckpointer()
   path = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
   checkpointer.save(path, {'params': run.params, 'batch_stats': run.batch_stats}, force=True)
@@ -85,9 +90,21 @@ def save_run(workdir: str, run: train_lib.MetaRun, source: dict) -> None:
   spec = run.spec
   zoo_lib.write_json_atomic(
       {'targets': [t.to_json() for t in run.targets],
+       **({} if failed is None else {FAILED_KEY: failed}),
        'spec': dict(slice_length=spec.slice_length, conv_widths=list(spec.conv_widths),
                     dense_widths=list(spec.dense_widths), num_outputs=spec.num_outputs)},
       os.path.join(workdir, RUN_FILE))
+
+
+def read_failed(workdir: str) -> dict | None:
+  """run.json's record of what the run did with failed models (`pipeline.failed_note`), or None
+  for a run saved before it was kept (or no readable run.json)."""
+  path = os.path.join(workdir, RUN_FILE)
+  if not os.path.isfile(path):
+    return None
+  saved = _read_json(path)
+  note = saved.get(FAILED_KEY) if isinstance(saved, dict) else None
+  return note if isinstance(note, dict) else None
 
 
 def read_config(workdir: str) -> tuple[train_lib.MetaConfig, dict]:

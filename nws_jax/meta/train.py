@@ -71,7 +71,7 @@ class MetaConfig:
   test_fraction: float = 0.2
   valid_fraction: float = 0.1
   valid_slices: int = 4
-  drop_failed: bool = False
+  include_failed: bool = False  # False: models flagged failed are left out, as the release did
 
   @property
   def slice_spec(self) -> slices_lib.SliceSpec:
@@ -100,6 +100,8 @@ class MetaConfig:
   @classmethod
   def from_json(cls, d: dict) -> 'MetaConfig':
     d = dict(d)
+    if 'drop_failed' in d:  # saved before include_failed: failed models were used unless dropped
+      d.setdefault('include_failed', not d.pop('drop_failed'))
     for name in ('properties', 'conv_widths', 'dense_widths'):
       if d.get(name) is not None:
         d[name] = tuple(d[name])
@@ -134,9 +136,12 @@ class MetaData:
     return self.layout if self.layout is not None else self.reader
 
 
-def eligible_models(table: pd.DataFrame, drop_failed: bool) -> np.ndarray:
-  """Row indices of the models a run may use (all, or those not flagged failed)."""
-  if drop_failed and 'failed' in table:
+def eligible_models(table: pd.DataFrame, include_failed: bool) -> np.ndarray:
+  """Row indices of the models a run may use: those not flagged failed (models.csv `failed`:
+  test accuracy below zoo_builder.FAILED_BELOW, 0.15, or diverged), as the release left failed
+  nets out; every model with include_failed, or when the table has no `failed` column (a
+  release's nets: none of them failed)."""
+  if not include_failed and 'failed' in table:
     return np.flatnonzero(~table['failed'].to_numpy(bool))
   return np.arange(len(table))
 
