@@ -57,7 +57,13 @@ flags.DEFINE_float('learning_rate', 1e-3, 'Adam learning rate (the study: 1e-3).
 flags.DEFINE_list('dense_widths', ['1024', '1024', '1024', '1024', '64'],
                   'Widths of the dense layers (the study: 1024,1024,1024,1024,64).')
 flags.DEFINE_list('conv_widths', [], 'Widths of the conv layers (default: the study\'s '
-                  '8,16,32,64,128,256, two more 256s for slices over 40,000).')
+                  'cnn1D_small, 8,16,32,64,128,256 and six more 256s; for slices over 40,000 '
+                  'its cnn1D, 15 layers, which takes no other count). Any count keeps '
+                  'cnn1D_small\'s pooling (pools after conv 1, 2 and 4, one before each conv '
+                  'past the 6th while the length is above 50, and a final one).')
+flags.DEFINE_enum('bn_eval', 'batch', ['batch', 'moving'], 'Batch norm at evaluation: the '
+                  'evaluated batch\'s statistics (the study\'s; outputs depend on which slices '
+                  'share a batch of --batch_size) or the moving averages.')
 flags.DEFINE_integer('seed', 0, 'Seed of the split, the initialisation and the slices.')
 flags.DEFINE_float('test_fraction', 0.2, 'Share of the models held out as meta-test models.')
 flags.DEFINE_float('valid_fraction', 0.1, 'Share of the other models used for validation.')
@@ -114,7 +120,8 @@ def main(argv):
           batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
           conv_widths=_int_list('conv_widths') or None, dense_widths=_int_list('dense_widths'),
           seed=FLAGS.seed, test_fraction=FLAGS.test_fraction,
-          valid_fraction=FLAGS.valid_fraction, include_failed=FLAGS.include_failed)
+          valid_fraction=FLAGS.valid_fraction, include_failed=FLAGS.include_failed,
+          bn_eval=FLAGS.bn_eval)
       options = pipeline.EvalOptions(**{name: FLAGS[name].value for name in option_flags})
       if FLAGS.nws_csv:
         source = source_lib.from_release(FLAGS.nws_csv, FLAGS.nws_test_csv,

@@ -50,20 +50,17 @@ def test_conv1d_equals_a_same_padded_convolution():
   np.testing.assert_allclose(conv.apply(params, x), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_meta_cnn_follows_protocol_widths_and_the_deeper_variant():
-  assert model_lib.conv_widths_for(5000) == (8, 16, 32, 64, 128, 256)
-  assert len(model_lib.conv_widths_for(40_001)) == 8
-  net = model_lib.MetaCNN(model_lib.conv_widths_for(5000), model_lib.PROTOCOL_DENSE_WIDTHS, 5)
-  variables = net.init(jax.random.key(0), jnp.zeros((2, 5000)), train=False)
-  kernels = [v['kernel'].shape for k, v in variables['params'].items() if k.startswith('Conv1D')]
-  assert [k[0] for k in kernels] == [5] * 6 and [k[-1] for k in kernels] == [8, 16, 32, 64, 128,
-                                                                             256]
-  dense = [v['kernel'].shape[-1] for k, v in sorted(variables['params'].items(),
-                                                    key=lambda kv: int(kv[0].split('_')[1]))
-           if k.startswith('Dense')]
-  assert dense == [1024, 1024, 1024, 1024, 64, 5]
-  out = net.apply(variables, jnp.zeros((2, 5000)), train=False)
-  assert out.shape == (2, 5)
+def test_the_spec_is_the_studys_network_for_the_slice_length(zoo):
+  # The network itself is checked against the original in test_meta_model.py.
+  targets = targets_lib.make_targets(zoo.table, ['optimizer'], np.arange(zoo.num_models))
+  for length, variant, convs in ((5000, 'cnn1D_small', 12), (40_001, 'cnn1D', 15)):
+    spec = train.model_spec(train.MetaConfig(slice_length=length, batch_size=32), targets,
+                            zoo.table)
+    assert (spec.variant, len(spec.conv_widths), spec.bn_eval, spec.batch_size) == (
+        variant, convs, 'batch', 32)
+    assert spec.dense_widths == model_lib.PROTOCOL_DENSE_WIDTHS
+  spec = train.model_spec(dataclasses.replace(SMALL, bn_eval='moving'), targets, zoo.table)
+  assert (spec.variant, spec.conv_widths, spec.bn_eval) == ('cnn1D_small', (4, 8), 'moving')
 
 
 def test_masked_classes_get_no_probability_and_regression_reads_output_zero():
@@ -95,7 +92,7 @@ def test_training_is_deterministic(zoo):
   a, b = _fit(zoo, SMALL, ['optimizer']), _fit(zoo, SMALL, ['optimizer'])
   jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
   c = _fit(zoo, dataclasses.replace(SMALL, seed=1), ['optimizer'])
-  assert not np.array_equal(a.params['Dense_0']['kernel'], c.params['Dense_0']['kernel'])
+  assert not np.array_equal(a.params['fc1']['kernel'], c.params['fc1']['kernel'])
 
 
 def test_training_reads_only_meta_training_models(zoo):

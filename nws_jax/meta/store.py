@@ -4,7 +4,12 @@ Layout:
   config.json    the MetaConfig and the nets it read (source.py's description: a zoo's
                  absolute path, or the release's split CSVs and how they were checked)
   damaged_nets.csv  nets of the release left out as damaged (--on_damaged=skip), if any
-  run.json       the properties (classes, regression scaling) and the model shapes
+  run.json       the properties (classes, regression scaling) and the model: shapes, variant
+                 ('cnn1D_small', 'cnn1D'; no variant: a run of the pre-issue 'legacy_6layer'),
+                 bn_eval, batch_size, and variables_per_classifier_params_and_bn_stats (one
+                 member's parameters and batch-norm moving statistics, optimizer state
+                 excluded: the original's "Model size"; equal for every property, the heads
+                 being shared)
                  and `failed`: what the run did with models flagged failed, the threshold and
                  how many it left out (`pipeline.failed_note`; absent from older runs)
   split.json     the meta-train / validation / meta-test models (rows of the zoo's models.csv)
@@ -37,6 +42,7 @@ CHECKPOINT_DIR = 'checkpoint'
 HISTORY_FILE = 'history.csv'
 EVAL_FILE = 'evaluation.json'
 FAILED_KEY = 'failed'  # run.json: what the run did with failed models
+VARIABLE_COUNT = 'variables_per_classifier_params_and_bn_stats'
 
 
 class MetaWorkdirError(RuntimeError):
@@ -92,7 +98,9 @@ def save_run(workdir: str, run: train_lib.MetaRun, source: dict,
       {'targets': [t.to_json() for t in run.targets],
        **({} if failed is None else {FAILED_KEY: failed}),
        'spec': dict(slice_length=spec.slice_length, conv_widths=list(spec.conv_widths),
-                    dense_widths=list(spec.dense_widths), num_outputs=spec.num_outputs)},
+                    dense_widths=list(spec.dense_widths), num_outputs=spec.num_outputs,
+                    variant=spec.variant, bn_eval=spec.bn_eval, batch_size=spec.batch_size),
+       VARIABLE_COUNT: spec.variable_count()},
       os.path.join(workdir, RUN_FILE))
 
 
@@ -151,8 +159,13 @@ def load_run(workdir: str) -> train_lib.MetaRun:
   try:
     targets = [targets_lib.PropertyTarget.from_json(t) for t in saved['targets']]
     s = saved['spec']
+    # A run.json without a variant is a run of the pre-issue network (so says its config:
+    # MetaConfig.from_json), evaluated with moving statistics.
     spec = model_lib.ModelSpec(int(s['slice_length']), tuple(int(w) for w in s['conv_widths']),
-                               tuple(int(w) for w in s['dense_widths']), int(s['num_outputs']))
+                               tuple(int(w) for w in s['dense_widths']), int(s['num_outputs']),
+                               str(s.get('variant', config.variant_used)),
+                               str(s.get('bn_eval', config.bn_eval)),
+                               int(s.get('batch_size', config.batch_size)))
     if not targets or any(t.name not in space.PROPERTY_NAMES for t in targets):
       raise ValueError('no targets, or an unknown property')
   except (KeyError, TypeError, ValueError, AttributeError) as e:

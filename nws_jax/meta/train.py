@@ -49,13 +49,26 @@ MASKED_LOGIT = -1e30
 EVAL_CHUNK = 256  # slices per evaluation call (the last chunk is padded, so one compile)
 
 
+def eval_rows_per_call(spec: model_lib.ModelSpec) -> int:
+  """Slices per evaluation call: EVAL_CHUNK, or with bn_eval='batch' the whole batches of
+  spec.batch_size that fit in it (at least one)."""
+  if spec.bn_eval == 'batch':
+    return spec.batch_size * max(1, EVAL_CHUNK // spec.batch_size)
+  return EVAL_CHUNK
+
+
 @dataclasses.dataclass(frozen=True)
 class MetaConfig:
   """Everything that determines a meta-classifier run (same config and zoo -> same result).
 
   The defaults are PROTOCOL §5's: slices of 5,000 weights anywhere in the vector, snapshots
-  11–20, Adam at 1e-3, batch 64, 50 epochs, dense widths 1024×4 and 64. properties=None trains
-  every property that varies in the zoo.
+  11–20, Adam at 1e-3, batch 64, 50 epochs, the study's network (model.py: `cnn1D_small`, or
+  `cnn1D` for slices over 40,000 weights; dense widths 1024×4 and 64), batch norm evaluated with
+  batch statistics as the original did. properties=None trains every property that varies in
+  the zoo. conv_widths=None: the variant's own; custom widths keep the variant's pooling rule
+  (model.py). bn_eval: 'batch' (the original) or 'moving' (running averages) at evaluation.
+  variant 'legacy_6layer' is the pre-issue network: what runs saved before it read back as
+  (their config.json has no bn_eval), and the benchmark's comparison.
   """
   properties: tuple[str, ...] | None = None
   slice_length: int = 5000
@@ -72,6 +85,8 @@ class MetaConfig:
   valid_fraction: float = 0.1
   valid_slices: int = 4
   include_failed: bool = False  # False: models flagged failed are left out, as the release did
+  bn_eval: str = 'batch'
+  variant: str | None = None  # None: the study's for the slice length (model.variant_for)
 
   @property
   def slice_spec(self) -> slices_lib.SliceSpec:
@@ -91,8 +106,22 @@ class MetaConfig:
       raise ValueError(f'unknown part {self.part!r}; choose from: ' + ', '.join(slices_lib.PARTS))
     if not self.dense_widths or min(self.dense_widths) < 1:
       raise ValueError(f'dense_widths must be positive widths, got {self.dense_widths}')
-    if self.conv_widths is not None and (not self.conv_widths or min(self.conv_widths) < 1):
-      raise ValueError(f'conv_widths must be positive widths, got {self.conv_widths}')
+    if self.bn_eval not in model_lib.BN_EVAL_MODES:
+      raise ValueError(f'unknown bn_eval {self.bn_eval!r}; choose from: '
+                       + ', '.join(model_lib.BN_EVAL_MODES))
+    model_lib.check_layout(self.variant_used, self.conv_widths_used, self.slice_length)
+    if self.variant_used == model_lib.LEGACY and self.bn_eval != 'moving':
+      raise ValueError(f'the {model_lib.LEGACY} meta-classifier evaluates with bn_eval=moving')
+
+  @property
+  def variant_used(self) -> str:
+    """The meta-classifier variant: `variant`, or the study's for the slice length."""
+    return self.variant or model_lib.variant_for(self.slice_length)
+
+  @property
+  def conv_widths_used(self) -> tuple[int, ...]:
+    return (tuple(self.conv_widths) if self.conv_widths is not None
+            else model_lib.conv_widths_for(self.slice_length, self.variant_used))
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -102,6 +131,8 @@ class MetaConfig:
     d = dict(d)
     if 'drop_failed' in d:  # saved before include_failed: failed models were used unless dropped
       d.setdefault('include_failed', not d.pop('drop_failed'))
+    if 'bn_eval' not in d:  # saved before the study's network: the pre-issue one
+      d.update(bn_eval='moving', variant=model_lib.LEGACY)
     for name in ('properties', 'conv_widths', 'dense_widths'):
       if d.get(name) is not None:
         d[name] = tuple(d[name])
@@ -154,9 +185,9 @@ def model_spec(config: MetaConfig, targets: Sequence[targets_lib.PropertyTarget]
   counts = [table[n].nunique() for n in targets_lib.varying_properties(table)
             if n not in targets_lib.REGRESSION_PROPERTIES]
   num_outputs = max(counts + [t.num_classes for t in targets] + [1])
-  conv = config.conv_widths or model_lib.conv_widths_for(config.slice_length)
-  return model_lib.ModelSpec(config.slice_length, tuple(conv), tuple(config.dense_widths),
-                             num_outputs)
+  return model_lib.ModelSpec(config.slice_length, config.conv_widths_used,
+                             tuple(config.dense_widths), num_outputs, config.variant_used,
+                             config.bn_eval, config.batch_size)
 
 
 def prepare(config: MetaConfig, table: pd.DataFrame, snapshots, split: split_lib.ModelSplit,
@@ -403,9 +434,17 @@ def train_epoch_from_host(state: dict, epoch: int, seed_key: jax.Array, member_k
 
 @functools.partial(jax.jit, static_argnames=('spec',))
 def _outputs_of(params, stats, batch, *, spec: model_lib.ModelSpec):
+  """[P, R, O] for slices [R, L]; with bn_eval='batch' each block of spec.batch_size rows is
+  normalised by its own statistics (R a multiple of it)."""
   module = spec.module()
-  return jax.vmap(lambda p, s: module.apply({'params': p, 'batch_stats': s}, batch,
-                                            train=False))(params, stats)
+  apply = lambda p, s, x: module.apply({'params': p, 'batch_stats': s}, x, train=False)
+  if spec.bn_eval == 'batch':
+    blocks = batch.reshape(-1, spec.batch_size, batch.shape[-1])
+    run = lambda p, s: jax.vmap(lambda x: apply(p, s, x))(blocks).reshape(
+        batch.shape[0], spec.num_outputs)
+  else:
+    run = lambda p, s: apply(p, s, batch)
+  return jax.vmap(run)(params, stats)
 
 
 @functools.partial(jax.jit, static_argnames=('spec',))
@@ -414,33 +453,56 @@ def _outputs(params, stats, layout, models, snaps, offsets, *, spec: model_lib.M
                      spec=spec)
 
 
+def eval_rows(n: int, spec: model_lib.ModelSpec) -> np.ndarray:
+  """The request rows evaluated, in order, for a request of n slices: 0 … n-1, and with
+  bn_eval='batch' the last partial batch completed by wrapping to the request's start (rows
+  0, 1, …, as the original's np.mod indexing), to a multiple of spec.batch_size."""
+  if spec.bn_eval == 'batch' and n:
+    return np.arange(-(-n // spec.batch_size) * spec.batch_size) % n
+  return np.arange(n)
+
+
 def outputs_at(params, stats, spec: model_lib.ModelSpec, snapshots, models: np.ndarray,
                snaps: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-  """Raw outputs [P, N, num_outputs] (numpy) of the stacked members in inference mode for the
-  slices at (model, 0-based snapshot, offset) triples [N], EVAL_CHUNK slices per call.
+  """Raw outputs [P, N, num_outputs] (numpy) of the stacked members in inference mode (dropout
+  off) for the slices at (model, 0-based snapshot, offset) triples [N].
+
+  Batch norm as spec.bn_eval says. 'moving' (running averages): a slice's outputs depend on it
+  alone. 'batch' (the original's, its default): each batch is normalised by its own statistics,
+  so a slice's outputs depend on the slices that share its batch. The batches are consecutive
+  blocks of exactly spec.batch_size (the run's batch_size) rows in the order given: rows [0, B),
+  [B, 2B), …; a last partial block is completed with rows 0, 1, … of the same request (wrapping
+  around, as the original's np.mod indexing) whose extra outputs are dropped. So a caller
+  decides what a batch holds by ordering its request: e.g. the per-net score of the original
+  (64 evenly spaced slices of one net, one batch) is a request that puts each net's 64 slices
+  in one aligned block of 64 rows (with batch_size 64).
+
   snapshots: a DeviceLayout, or a host reader (`Release`, `Snapshots`) whose slices are read on
   the host. Members split over several devices (as `fit` holds them) are run there, each
-  device on its own members."""
+  device on its own members. Several batches go in one call (`eval_rows_per_call`; the last
+  call is padded, so one compile)."""
   n = len(models)
   mesh = _members_mesh(params)
   if mesh is not None and isinstance(snapshots, source_lib.DeviceLayout):
     snapshots = sharding.put_replicated(snapshots, mesh)  # a no-op where it already is
   from_layout = _on_members(_outputs, mesh, 'MMRRRR', 'M', spec=spec)
   from_batch = _on_members(_outputs_of, mesh, 'MMR', 'M', spec=spec)
+  rows, per_call = eval_rows(n, spec), eval_rows_per_call(spec)
+  models, snaps, offsets = (np.asarray(a, np.int32) for a in (models, snaps, offsets))
   chunks = []
-  for start in range(0, n, EVAL_CHUNK):
-    stop = min(start + EVAL_CHUNK, n)
-    pad = EVAL_CHUNK - (stop - start)
-    take = lambda a: np.pad(np.asarray(a[start:stop], np.int32), (0, pad), mode='edge')
+  for start in range(0, len(rows), per_call):
+    part = rows[start:start + per_call]
+    # Padding rows (copies of the last; whole batches in 'batch' mode): outputs dropped.
+    take = lambda a: np.pad(a[part], (0, per_call - len(part)), mode='edge')
     if isinstance(snapshots, source_lib.DeviceLayout):
       out = from_layout(params, stats, snapshots, take(models), take(snaps), take(offsets))
     else:
       batch = snapshots.read(take(models), take(snaps), take(offsets), spec.slice_length)
       out = from_batch(params, stats, jnp.asarray(batch))
-    chunks.append(sharding.to_host(out)[:, :stop - start])
+    chunks.append(sharding.to_host(out)[:, :len(part)])
   if not chunks:
     return np.zeros((len(jax.tree.leaves(params)[0]), 0, spec.num_outputs), np.float32)
-  return np.concatenate(chunks, axis=1)
+  return np.concatenate(chunks, axis=1)[:, :n]
 
 
 def scores(outputs: np.ndarray, labels: np.ndarray, values: np.ndarray,
@@ -506,6 +568,11 @@ def fit(config: MetaConfig, table: pd.DataFrame, snapshots,
       np.random.default_rng([config.seed, _VALID]), split.valid,
       config.slice_spec.snapshot_numbers, np.asarray(data.lo), np.asarray(data.hi),
       spec.slice_length, config.valid_slices)
+  # In a shuffled order, so that with bn_eval='batch' a validation batch mixes many snapshots
+  # (as the original's shuffled validation batches did), not one model's few (pair-major).
+  mix = np.random.default_rng([config.seed, _VALID, 1]).permutation(len(valid_models))
+  valid_models, valid_snaps, valid_offsets = (a[mix] for a in (valid_models, valid_snaps,
+                                                                valid_offsets))
 
   train_models, train_snaps = (jnp.asarray(a) for a in data.train_pairs)
   if mesh.size > 1:
