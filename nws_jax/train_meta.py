@@ -11,8 +11,11 @@ given, comma-separated, so the release and zoos exported with export_nws can be 
 
 One meta-classifier per property (default: every property that varies in the zoo), all trained in
 one vectorised program on random slices of the snapshots; then the evaluations (accuracy against
-chance, votes over many slices, accuracy against slice position and snapshot number, conv versus
-dense part) and a gradient-boosted-tree baseline, each as CSV and PNG in the workdir.
+chance, the original's per-net score, votes over many slices, accuracy against slice position and
+snapshot number, conv versus dense part) and a gradient-boosted-tree baseline, each as CSV and PNG
+in the workdir. Models flagged failed in models.csv are left out unless --include_failed (the
+threshold and how many were left out are printed and kept in run.json); each categorical
+property is scored on a class-balanced part of the meta-test side, as in the original.
 --evaluate_only reruns the evaluations from the saved checkpoint (with the run's evaluation
 options, except those given as flags). Exit code 2, with one line on stderr and the workdir left
 as it was, for bad flags (out-of-range numbers too), a missing or damaged zoo (files that are not
@@ -140,8 +143,9 @@ def main(argv):
   if FLAGS.nws_csv and len(source.reader.damaged):
     print(f'left out {len(source.reader.damaged)} damaged nets (listed in '
           f'{pipeline.DAMAGED_FILE})')
-  print(f'results in {FLAGS.workdir}: accuracy.csv, ensemble.csv, position.csv, snapshot.csv, '
-        'part.csv' + (', baseline.csv' if results.baseline is not None else '') + ' and PNGs')
+  print(f'results in {FLAGS.workdir}: accuracy.csv, per_net.csv, ensemble.csv, position.csv, '
+        'snapshot.csv, part.csv' + (', baseline.csv' if results.baseline is not None else '')
+        + ' and PNGs')
 
 
 if __name__ == '__main__':

@@ -148,20 +148,22 @@ def tiny_runs(tmp_path_factory, synthetic_zoo_dir):
 def test_tiny_run_writes_every_result(tiny_runs):
   workdir, result, _ = tiny_runs[0]
   assert result.returncode == 0
-  for name in ('accuracy', 'ensemble', 'position', 'snapshot', 'part', 'baseline', 'history'):
+  for name in ('accuracy', 'per_net', 'ensemble', 'position', 'snapshot', 'part', 'baseline',
+               'history'):
     assert (workdir / f'{name}.csv').is_file(), name
   for name in ('split.json', 'config.json', 'run.json'):
     assert (workdir / name).is_file(), name
   assert (workdir / 'checkpoint').is_dir()
   assert os.listdir(workdir / 'checkpoint')
-  for name in ('accuracy', 'ensemble', 'position', 'snapshot', 'part', 'history'):
+  for name in ('accuracy', 'per_net', 'ensemble', 'position', 'snapshot', 'part', 'history'):
     assert (workdir / f'{name}.png').read_bytes().startswith(PNG_SIGNATURE), name
 
 
 def test_tiny_run_accuracy_table_has_one_row_per_varying_property(tiny_runs):
   workdir, _, _ = tiny_runs[0]
   accuracy = pd.read_csv(workdir / 'accuracy.csv')
-  assert list(accuracy.columns) == ['property', 'metric', 'value', 'chance', 'n_test_models']
+  assert list(accuracy.columns) == ['property', 'metric', 'value', 'per_net', 'chance',
+                                    'n_test_models']
   assert list(accuracy['property']) == PROPERTIES
   assert list(accuracy['metric']) == ['mae' if p == 'lrate' else 'accuracy' for p in PROPERTIES]
   scores = accuracy[accuracy['metric'] == 'accuracy']
@@ -169,7 +171,19 @@ def test_tiny_run_accuracy_table_has_one_row_per_varying_property(tiny_runs):
   assert scores['chance'].between(0, 1).all()
   with open(workdir / 'split.json') as f:
     test_models = json.load(f)['test']
-  assert (accuracy['n_test_models'] == len(test_models)).all()
+  # lrate on every test model, each categorical property on its class-balanced part of them
+  # (every class cut to the rarest on the test side), as the original's test set.
+  zoo = json.loads((workdir / 'config.json').read_text())['source']['zoo']
+  table = pd.read_csv(os.path.join(zoo, 'models.csv'))
+  for row in accuracy.itertuples():
+    rarest = table[row.property].iloc[test_models].value_counts()
+    expected = len(test_models) if row.property == 'lrate' else rarest.min() * len(rarest)
+    assert row.n_test_models == expected, row
+  per_net = pd.read_csv(workdir / 'per_net.csv')
+  means = per_net.groupby('property')['value'].mean()
+  for row in accuracy.itertuples():
+    assert row.per_net == pytest.approx(means[row.property])
+    assert per_net[per_net.property == row.property]['model'].nunique() == row.n_test_models
 
 
 def test_tiny_run_prints_the_final_table(tiny_runs):

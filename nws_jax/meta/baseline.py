@@ -226,7 +226,8 @@ def _fit_and_score(target: targets_lib.PropertyTarget, x_train: np.ndarray, y_tr
 def run_baseline(table: pd.DataFrame, snapshots, split: split_lib.ModelSplit,
                  targets: Sequence[targets_lib.PropertyTarget], spec: slices_lib.SliceSpec, *,
                  slices_per_snapshot: int = 4, seed: int = 0,
-                 max_iter: int = 200, n_threads: int | None = None) -> pd.DataFrame:
+                 max_iter: int = 200, n_threads: int | None = None,
+                 test_of: Sequence[np.ndarray] | None = None) -> pd.DataFrame:
   """The baseline's scores on the meta-test models, one row per property and method.
 
   Args:
@@ -244,6 +245,8 @@ def run_baseline(table: pd.DataFrame, snapshots, split: split_lib.ModelSplit,
     n_threads: OpenMP threads for the tree fits; None keeps scikit-learn's default (every core).
       On a machine whose cores are busy with other work, 1 can be many times faster (OpenMP
       threads spin-waiting for a core).
+    test_of: per target, the test models it is scored on (the deep meta-classifier's
+      class-balanced sides, `evaluate.EvalContext.test_of`); None: all of split.test.
 
   Returns:
     A DataFrame with columns RESULT_COLUMNS: property; method ('gbt_slice', then 'gbt_layers'
@@ -283,11 +286,14 @@ def run_baseline(table: pd.DataFrame, snapshots, split: split_lib.ModelSplit,
   rows = []
   for p, target in enumerate(targets):
     y = values[p] if target.is_regression else labels[p]
-    chance = targets_lib.chance(target, table, train_models, test_models)
+    scored = test_models if test_of is None else np.asarray(test_of[p], np.int64)
+    chance = targets_lib.chance(target, table, train_models, scored)
     for method, ((m_train, x_train), (m_test, x_test)) in features.items():
+      keep = np.isin(m_test, scored)
       with threadpoolctl.threadpool_limits(limits=n_threads, user_api='openmp'):
-        value = _fit_and_score(target, x_train, y[m_train], x_test, y[m_test], seed, max_iter)
+        value = _fit_and_score(target, x_train, y[m_train], x_test[keep], y[m_test][keep], seed,
+                               max_iter)
       rows.append(dict(property=target.name, method=method,
                        metric='mae' if target.is_regression else 'accuracy', value=value,
-                       chance=chance, n_test_models=len(test_models)))
+                       chance=chance, n_test_models=len(scored)))
   return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))

@@ -65,6 +65,7 @@ class Results:
   part: pd.DataFrame
   baseline: pd.DataFrame | None
   history: pd.DataFrame
+  per_net: pd.DataFrame | None = None  # None: a run evaluated before per_net.csv existed
 
 
 DAMAGED_FILE = 'damaged_nets.csv'
@@ -189,9 +190,14 @@ def evaluate_workdir(workdir: str, *, options: dict | None = None,
 def evaluate_run(run: train_lib.MetaRun, source: source_lib.WeightSource, workdir: str,
                  options: EvalOptions) -> Results:
   """Runs every evaluation and the baseline; writes the CSVs and PNGs into `workdir`."""
-  ctx = evaluate_lib.make_context(run, source.table, source.reader)
+  # Categorical properties are scored on a class-balanced test side; a release's test CSV gave
+  # the test side, whose first nets of each class the original kept (evaluate.make_context).
+  ctx = evaluate_lib.make_context(run, source.table, source.reader,
+                                  in_file_order=source.test_models is not None)
   seed = run.config.seed
   accuracy, ensemble = evaluate_lib.evaluate_slices(ctx, options.ensemble_slices, seed)
+  per_net = evaluate_lib.evaluate_per_net(ctx)
+  accuracy = evaluate_lib.per_net_means(accuracy, per_net)
   position, boundary = evaluate_lib.evaluate_positions(ctx, options.positions)
   snapshot = evaluate_lib.evaluate_snapshots(ctx, options.snapshot_slices, seed)
   part = evaluate_lib.evaluate_parts(ctx, options.snapshot_slices, seed)
@@ -200,8 +206,10 @@ def evaluate_run(run: train_lib.MetaRun, source: source_lib.WeightSource, workdi
     baseline = baseline_lib.run_baseline(source.table, source.reader, run.split, run.targets,
                                          run.config.slice_spec,
                                          slices_per_snapshot=options.baseline_slices, seed=seed,
-                                         n_threads=options.baseline_threads)
-  results = Results(accuracy, ensemble, position, snapshot, part, baseline, run.history)
+                                         n_threads=options.baseline_threads,
+                                         test_of=ctx.test_of)
+  results = Results(accuracy, ensemble, position, snapshot, part, baseline, run.history,
+                    per_net)
   store.save_eval_options(workdir, options.to_json())
   write_results(results, workdir, boundary,
                 (run.config.first_snapshot, run.config.last_snapshot))
@@ -214,8 +222,8 @@ def read_results(workdir: str) -> Results:
   try:
     frames = {name: read(name) for name in ('accuracy', 'ensemble', 'position', 'snapshot',
                                             'part', 'history')}
-    has_baseline = os.path.exists(os.path.join(workdir, 'baseline.csv'))
-    frames['baseline'] = read('baseline') if has_baseline else None
+    for name in ('baseline', 'per_net'):  # per_net.csv: absent from runs evaluated before it
+      frames[name] = read(name) if os.path.exists(os.path.join(workdir, f'{name}.csv')) else None
   except (zoo_lib.ZooError, OSError) as e:
     raise store.MetaWorkdirError(f'{workdir} holds no evaluated run ({e})') from e
   return Results(**frames)
@@ -230,6 +238,9 @@ def write_results(results: Results, workdir: str, boundary: float,
     zoo_lib.write_csv_atomic(results.baseline, path('baseline.csv'))
   elif os.path.exists(path('baseline.csv')):
     os.remove(path('baseline.csv'))  # from an earlier evaluation; it would no longer match
+  if results.per_net is not None:
+    zoo_lib.write_csv_atomic(results.per_net, path('per_net.csv'))
+    plots.plot_per_net(results.per_net, path('per_net.png'), chance=results.accuracy)
   plots.plot_accuracy(results.accuracy, path('accuracy.png'), baseline=results.baseline)
   plots.plot_ensemble(results.ensemble, path('ensemble.png'))
   plots.plot_position(results.position, path('position.png'), boundary)
@@ -243,12 +254,13 @@ def summary(results: Results) -> str:
   methods = []
   if results.baseline is not None:
     methods = list(dict.fromkeys(results.baseline['method']))
-  header = (f'{"property":<15} {"metric":<8} {"meta":>7} {"chance":>7}'
+  header = (f'{"property":<15} {"metric":<8} {"meta":>7} {"per net":>8} {"chance":>7}'
             + ''.join(f' {m:>10}' for m in methods) + f' {"test models":>11}')
   lines = [header]
   for row in results.accuracy.itertuples():
+    per_net = getattr(row, 'per_net', float('nan'))  # NaN: evaluated before per_net existed
     cells = [f'{row.property:<15} {row.metric:<8} {_fmt(row.value, row.metric):>7} '
-             f'{_fmt(row.chance, row.metric):>7}']
+             f'{_fmt(per_net, row.metric):>8} {_fmt(row.chance, row.metric):>7}']
     for m in methods:
       b = results.baseline[(results.baseline['method'] == m)
                            & (results.baseline['property'] == row.property)]
@@ -259,8 +271,11 @@ def summary(results: Results) -> str:
     if row.metric == 'mae' and row.chance > 0:
       lines.append(f'{row.property}: MAE / MAE of predicting the training mean = '
                    f'{row.value / row.chance:.2f} (below 1 beats the mean)')
-  lines.append('(accuracy: fraction of single random slices classified right; mae: mean absolute '
-               'error of lrate; chance: a constant guess)')
+  lines.append('(meta: single random slices, accuracy the fraction classified right, mae the '
+               'mean absolute error of lrate; per net: the original\'s per-net score, batch_size '
+               '(64) evenly spaced slices of a test snapshot as one batch, averaged over the '
+               'test snapshots; chance: a constant guess; test models: those a property is '
+               'scored on, class-balanced for a categorical one)')
   return '\n'.join(lines)
 
 

@@ -37,6 +37,7 @@ POSITION_COLUMNS = ('property', 'metric', 'position', 'offset', 'fraction', 'val
 SNAPSHOT_COLUMNS = ('property', 'metric', 'snapshot', 'value', 'chance', 'trained')
 PART_COLUMNS = ('property', 'metric', 'part', 'value', 'chance')
 HISTORY_COLUMNS = ('epoch', 'property', 'train_loss', 'valid_score')
+PER_NET_COLUMNS = ('property', 'metric', 'model', 'snapshot', 'value')
 
 METRICS = ('accuracy', 'mae')
 ACCURACY_LABEL = 'accuracy (higher is better)'
@@ -424,6 +425,56 @@ def plot_part(part: pd.DataFrame, path) -> None:
                    dict(zip(rows['property'], pd.to_numeric(rows['value'], errors='coerce')))))
   _bar_chart(props, metrics, series, chance,
              'Score by part of the weight vector read (n/a: part shorter than a slice)', path)
+
+
+def plot_per_net(per_net: pd.DataFrame, path, chance: pd.DataFrame) -> None:
+  """Per-net scores (per_net.csv: the original's valid_avg, one score per test snapshot from a
+  batch of its evenly spaced slices).
+
+  Per property a box of the scores over its test snapshots (median, quartiles, whiskers at 1.5
+  IQR, outliers as dots) and their mean as a diamond (accuracy.csv's per_net); the property's
+  chance level, from `chance` (a frame with property and chance: accuracy.csv's), is a short
+  black line. Accuracy properties share an accuracy axis; 'mae' properties (lrate) are drawn as
+  MAE / chance on a panel of their own.
+  """
+  _check(per_net, PER_NET_COLUMNS, 'per_net')
+  _check(chance, ('property', 'chance'), 'per_net chance', metric=False)
+  frame = per_net.assign(property=per_net['property'].astype(str))
+  props = _properties(frame)
+  metrics = _metric_of(frame)
+  levels = dict(zip(chance['property'].astype(str),
+                    pd.to_numeric(chance['chance'], errors='coerce')))
+  fig = _figure(_bar_width(len(props), 1), HEIGHT)
+  panels = _bar_panels(fig, props, metrics)
+  for ax, metric, ps in panels:
+    x = np.arange(len(ps), dtype=np.float64)
+    data = []
+    for p in ps:
+      drawn = _scaled(metric, frame.loc[frame['property'] == p, 'value'],
+                      levels.get(p, np.nan))
+      data.append(drawn[np.isfinite(drawn)])
+    ax.boxplot([d if len(d) else [np.nan] for d in data], positions=x, widths=0.5,
+               flierprops=dict(markersize=3), medianprops=dict(color='tab:blue'))
+    means = np.array([d.mean() if len(d) else np.nan for d in data])
+    ax.plot(x, means, linestyle='none', marker='D', markersize=5, color='tab:orange',
+            label='mean (accuracy.csv per_net)')
+    lv = np.array([1.0 if metric == 'mae' else levels.get(p, np.nan) for p in ps], np.float64)
+    ax.hlines(lv, x - 0.45, x + 0.45, colors='black', linewidths=2,
+              label='chance' if metric == 'accuracy' else 'chance (predicting the mean)')
+    top = max([1.0] + [float(d.max()) for d in data if len(d)])
+    ax.set_xticks(x, ps, rotation=20 if len(ps) > 4 else 0,
+                  ha='right' if len(ps) > 4 else 'center')
+    ax.set_xlim(-0.6, len(ps) - 0.4)
+    ax.set_xlabel('property')
+    ax.set_ylabel(ACCURACY_LABEL if metric == 'accuracy' else _RATIO_LABEL_WRAPPED)
+    ax.set_ylim(0, top * (1.05 if metric == 'accuracy' else 1.15))
+    ax.grid(axis='y', alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(fontsize=7, loc='lower right')
+  counts = frame.groupby('property')['value'].size()
+  fig.suptitle('Per-net score: evenly spaced slices of a test snapshot as one batch '
+               f'(n = {_count_text(counts)} test snapshots per property)', fontsize=11)
+  _save(fig, path)
 
 
 def plot_history(history: pd.DataFrame, path,

@@ -4,6 +4,10 @@ The split is by model, so that no model has snapshots on two sides: a meta-class
 models it never saw. PROTOCOL §5 holds out a tenth of the training *snapshots* for validation;
 here the validation share is taken by model too (stricter: validation then measures the same
 thing as the test). The split is saved as split.json in the meta workdir.
+
+The evaluations judge each categorical property on a class-balanced part of the test side
+(`balance_test`, as the original's test set was built); that part is derived again from the split
+when a run is evaluated, not saved.
 """
 
 from __future__ import annotations
@@ -72,6 +76,36 @@ def split_with_test(train_ids: np.ndarray, test_ids: np.ndarray, seed: int,
     raise SplitError(f'{len(train_ids)} training and {len(test_ids)} test models cannot be split '
                      f'(valid_fraction {valid_fraction})')
   return ModelSplit(np.sort(order[n_valid:]), np.sort(order[:n_valid]), np.sort(test_ids))
+
+
+def balance_test(test_models: np.ndarray, labels: np.ndarray,
+                 seed: int | None = None) -> np.ndarray:
+  """The class-balanced meta-test side of one categorical property (PROTOCOL §7), sorted.
+
+  As the original built its test set (util.import_weights with un=True): every class is cut to
+  the size of the rarest. seed None takes the first models of each class in row order, which is
+  the file order of a release's test CSV, as the original did; a seed takes a seeded choice (for
+  a split of our own, whose row order says nothing). labels: each test model's class, aligned
+  with `test_models`. Only the classes present on the test side count: the original cut to the
+  rarest of all the property's values, so a value missing from its test CSV emptied the test
+  set; here it leaves the others as they are. Regression properties are not balanced (don't
+  call this for them).
+  """
+  test_models, labels = np.asarray(test_models, np.int64), np.asarray(labels)
+  if test_models.shape != labels.shape:
+    raise ValueError(f'{len(test_models)} test models but {len(labels)} labels')
+  if not len(test_models):
+    return test_models
+  order = np.argsort(test_models, kind='stable')
+  test_models, labels = test_models[order], labels[order]
+  classes, counts = np.unique(labels, return_counts=True)
+  rarest = int(counts.min())
+  rng = None if seed is None else np.random.default_rng([int(seed), 0xBA1A])
+  kept = []
+  for c in classes:
+    members = test_models[labels == c]
+    kept.append(members[:rarest] if rng is None else rng.choice(members, rarest, replace=False))
+  return np.sort(np.concatenate(kept))
 
 
 def _check_seed(seed) -> None:

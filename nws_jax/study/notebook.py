@@ -348,11 +348,14 @@ def meta_results(path: str):
 
 def meta_table(results) -> pd.DataFrame:
   """Per property: metric ('accuracy' or 'mae' for lrate), the single-slice score of the deep
-  meta-classifier ('meta'), 'chance', one column per baseline method (gbt_slice, gbt_layers)
-  and the number of meta-test models; indexed by property."""
+  meta-classifier ('meta'), the original's per-net score ('per net', when the run has it),
+  'chance', one column per baseline method (gbt_slice, gbt_layers) and the number of meta-test
+  models the property is scored on; indexed by property."""
   acc = results.accuracy
-  table = pd.DataFrame({'metric': acc['metric'].to_numpy(), 'meta': acc['value'].to_numpy(),
-                        'chance': acc['chance'].to_numpy()},
+  columns = {'metric': acc['metric'].to_numpy(), 'meta': acc['value'].to_numpy()}
+  if 'per_net' in acc:  # absent from runs evaluated before it
+    columns['per net'] = acc['per_net'].to_numpy()
+  table = pd.DataFrame(dict(columns, chance=acc['chance'].to_numpy()),
                        index=pd.Index(acc['property'].astype(str), name='property'))
   if results.baseline is not None:
     base = results.baseline.assign(property=results.baseline['property'].astype(str))

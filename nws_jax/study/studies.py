@@ -55,17 +55,26 @@ def _wide(frame: pd.DataFrame, columns: str, values: str) -> pd.DataFrame:
 
 def _scores(result: runner.MetaResult) -> pd.DataFrame:
   """Per property: metric, chance, meta (single slice), meta_vote (mean probabilities of the
-  evaluation's slices per test snapshot), one column per baseline method, n_test_models."""
+  evaluation's slices per test snapshot), meta_per_net (the original's per-net score, when the
+  run has it), one column per baseline method, n_test_models."""
   r = result.results
-  frame = r.accuracy[['property', 'metric', 'chance', 'value', 'n_test_models']].rename(
-      columns={'value': 'meta'})
+  kept = ['property', 'metric', 'chance', 'value', 'n_test_models']
+  frame = r.accuracy[kept + (['per_net'] if 'per_net' in r.accuracy else [])].rename(
+      columns={'value': 'meta', 'per_net': 'meta_per_net'})
   vote = r.ensemble[['property', 'mean_prob']].rename(columns={'mean_prob': 'meta_vote'})
   frame = frame.merge(vote, on='property', how='left')
   if r.baseline is not None:
     methods = r.baseline.pivot(index='property', columns='method', values='value')
     frame = frame.merge(methods.reset_index(), on='property', how='left')
   front = ['property', 'metric', 'chance', 'meta', 'meta_vote']
+  front += ['meta_per_net'] if 'meta_per_net' in frame else []
   return frame[front + [c for c in frame.columns if c not in front]]
+
+
+def _count(values) -> str:
+  """'8' or '4-8': the range of a count column."""
+  lo, hi = int(min(values)), int(max(values))
+  return str(lo) if lo == hi else f'{lo}-{hi}'
 
 
 def property_table(study: runner.Study, kinds: Sequence[str]) -> Sections:
@@ -86,7 +95,9 @@ def property_table(study: runner.Study, kinds: Sequence[str]) -> Sections:
   table = pd.concat(frames, ignore_index=True)
   study.write_csv(table[['zoo'] + [c for c in table.columns if c != 'zoo']], 'table.csv')
   sections.append(('Columns', 'meta: one random slice per prediction; meta_vote: the mean '
-                   'probabilities of several slices of the same snapshot; gbt_slice / '
+                   'probabilities of several slices of the same snapshot; meta_per_net: the '
+                   'original\'s per-net score (evenly spaced slices of a test snapshot as one '
+                   'batch, averaged); gbt_slice / '
                    'gbt_layers: gradient-boosted trees on statistics of a slice / of every '
                    'layer; lrate: mean absolute error (lower is better).'))
   return sections
@@ -206,6 +217,7 @@ def ensembles(study: runner.Study, kind: str, sizes: Sequence[int]) -> Sections:
                      xlabel='slices per model (k)', log_x=True)
   pivot = _wide(votes, 'slices', 'mean_prob')
   return [('Per-model score of a vote over k slices',
-           zoo_overview(result.zoo) + f'\n\n{int(votes["n_test_models"].iloc[0])} test models; '
+           zoo_overview(result.zoo) + f'\n\n{_count(votes["n_test_models"])} test models (a '
+           'categorical property\'s class-balanced); '
            'score of the mean-probability vote (lrate: MAE of the mean prediction) per number '
            'of slices k:\n\n' + report.markdown_table(pivot) + '\n\n' + _figure('ensembles.png'))]
