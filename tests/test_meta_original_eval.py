@@ -268,3 +268,29 @@ def test_a_run_saved_before_the_failed_record_reads_as_none(tmp_path):
   assert store.read_failed(str(tmp_path)) is None
   (tmp_path / store.RUN_FILE).write_text('{"targets": [], "failed": {"dropped": 3}}')
   assert store.read_failed(str(tmp_path)) == {'dropped': 3}
+
+
+def test_per_net_batches_hold_one_net_each_with_batch_statistics(zoo):
+  # A tiny real run, evaluated with batch statistics (the default): each net's per-net score
+  # equals its slices evaluated as a request of their own, i.e. one batch holding that net only.
+  config = train.MetaConfig(slice_length=LENGTH, conv_widths=(4, 8), dense_widths=(16,),
+                            epochs=1, batch_size=16, first_snapshot=20, last_snapshot=20)
+  assert config.bn_eval == 'batch'
+  split = split_lib.make_split(np.arange(zoo.num_models), 0)
+  targets = targets_lib.make_targets(zoo.table, ['optimizer'], split.train)
+  run = train.fit(config, zoo.table, zoo.snapshots, split, targets)
+  ctx = evaluate.make_context(run, zoo.table, zoo.snapshots, balanced=False)
+  per_net = evaluate.evaluate_per_net(ctx).set_index('model')
+  lo, hi = ctx.bounds('all')
+  models = ctx.test_models[:3]
+  alone = []
+  for m in models:
+    offsets = evaluate.position_offsets(lo[[m]], hi[[m]], LENGTH, 16)[0]
+    out = evaluate._outputs(ctx, np.full(16, m), np.full(16, 19), offsets)
+    alone.append(out)
+    expected = np.mean(evaluate._predicted(ctx, 0, out) == ctx.true[0, m])
+    assert per_net.loc[m, 'value'] == pytest.approx(expected)
+  # Batch statistics are in effect: the same slices beside another net's come out otherwise.
+  offsets = evaluate.position_offsets(lo[models[:2]], hi[models[:2]], LENGTH, 16)[:, :8]
+  mixed = evaluate._outputs(ctx, np.repeat(models[:2], 8), np.full(16, 19), offsets.reshape(-1))
+  assert not np.allclose(mixed[:, :8], alone[0][:, :8], rtol=1e-3, atol=1e-4)
