@@ -224,8 +224,8 @@ def _batch_norm(y, layer, stats, axes, train):
 
 def apply(params: Params, stats: Stats, images: jax.Array, activation: jax.Array, *,
           arch: Architecture, train: bool, dropout_key: jax.Array | None = None,
-          conv_impl: str = 'im2col', keeps: list[jax.Array] | None = None
-          ) -> tuple[jax.Array, Stats]:
+          conv_impl: str = 'im2col', keeps: list[jax.Array] | None = None,
+          dropout: bool = True) -> tuple[jax.Array, Stats]:
   """Runs one model on images [B, 32, 32, 3] in [0, 1]; returns logits [B, 20] and new statistics.
 
   Conv: kernel + bias, batch norm, activation (2×2 max pool closing each block). Dense: matmul +
@@ -234,15 +234,18 @@ def apply(params: Params, stats: Stats, images: jax.Array, activation: jax.Array
   with train=False it uses the moving averages and statistics come back unchanged.
   keeps: the dropout masks (bool [B, units] per batch-normed dense layer) when the caller draws
   them (`packing` does, to reproduce an unpadded model's draw); None draws them from dropout_key.
+  dropout=False with train=True: batch statistics (moving averages updated) without dropout, the
+  original code's evaluation pass (its training graph run with keep probability 1).
   """
-  if train and dropout_key is None and keeps is None:
+  train_dropout = train and dropout
+  if train_dropout and dropout_key is None and keeps is None:
     raise ValueError('train=True needs a dropout_key')
   x = images
   new_stats = {}
   specs = layer_specs(arch)
-  if train and keeps is not None:
+  if train_dropout and keeps is not None:
     keeps = iter(keeps)
-  elif train:
+  elif train_dropout:
     # One draw for every dropout layer: each random draw adds to the compile time.
     dropped = [s.units for s in specs if s.kind == 'dense' and s.batch_norm]
     keep_all = jax.random.bernoulli(dropout_key, DROPOUT_KEEP, (x.shape[0], sum(dropped)))
@@ -261,7 +264,7 @@ def apply(params: Params, stats: Stats, images: jax.Array, activation: jax.Array
       y = activate(jnp.matmul(x, layer['kernel'], precision=PRECISION) + layer['bias'],
                    activation)
       x, new_stats[spec.name] = _batch_norm(y, layer, stats[spec.name], (0,), train)
-      if train:
+      if train_dropout:
         x = jnp.where(next(keeps), x / DROPOUT_KEEP, 0.0)
     else:
       x = jnp.matmul(x, layer['kernel'], precision=PRECISION) + layer['bias']

@@ -216,11 +216,12 @@ def dropout_keeps(key: jax.Array, layout: ModelLayout, arch: cnn.Architecture,
 
 def apply(params: cnn.Params, stats: cnn.Stats, images: jax.Array, activation: jax.Array,
           layout: ModelLayout, *, arch: cnn.Architecture, train: bool,
-          dropout_key: jax.Array | None = None, conv_impl: str = 'im2col'):
+          dropout_key: jax.Array | None = None, conv_impl: str = 'im2col', dropout: bool = True):
   """`cnn.apply` of a padded model with the unpadded model's dropout draw."""
-  keeps = (dropout_keeps(dropout_key, layout, arch, images.shape[0]) if train else None)
+  keeps = (dropout_keeps(dropout_key, layout, arch, images.shape[0]) if train and dropout
+           else None)
   return cnn.apply(params, stats, images, activation, arch=arch, train=train,
-                   conv_impl=conv_impl, keeps=keeps)
+                   conv_impl=conv_impl, keeps=keeps, dropout=dropout)
 
 
 def flatten(params: cnn.Params, stats: cnn.Stats, layout: ModelLayout,

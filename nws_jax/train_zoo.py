@@ -51,7 +51,18 @@ flags.DEFINE_integer('max_programs', None, 'Training programs alive at once: gro
                      '(default: 16 on a CPU, whose compiled programs use up memory maps; all '
                      'elsewhere).')
 flags.DEFINE_integer('max_epochs', 8, 'Epoch cap (the study: 1000).')
-flags.DEFINE_integer('min_epochs', 4, 'No early stopping before this epoch (the study: 20).')
+flags.DEFINE_integer('min_epochs', 4, 'No early stopping before this many exports (original '
+                     'reading: the initialisation is export 1) or epochs (protocol reading); '
+                     'the study: 20.')
+flags.DEFINE_enum('bn_eval', 'original', ['original', 'moving'],
+                  "How accuracies are measured: 'original' as the code that made the release "
+                  '(batch statistics, no dropout, augmented inputs for augmented nets, each pass '
+                  "updating the moving averages that the exports hold); 'moving': moving "
+                  'averages on clean images.')
+flags.DEFINE_enum('early_stopping', 'original', ['original', 'protocol'],
+                  "Reading of the stopping rules: 'original' as the release's code (the "
+                  'initialisation compared too, an unchanged epoch does not reset the fall '
+                  "count, judged from export --min_epochs); 'protocol': PROTOCOL §3's words.")
 flags.DEFINE_integer('num_train', 3000,
                      'Training examples per dataset before the 90/10 validation split, at most '
                      'what the dataset has; 0 means all (the study).')
@@ -107,7 +118,8 @@ _ZOO_FLAGS = {
     'max_epochs': None, 'min_epochs': None, 'num_train': lambda v: v or None,
     'num_test': None, 'eval_size': lambda v: v or None, 'num_snapshots': None,
     'conv_impl': None, 'steps_per_call': None, 'data_dir': None, 'packing': None,
-    'slots_per_group': None, 'compact': None, 'max_programs': None}
+    'slots_per_group': None, 'compact': None, 'max_programs': None, 'bn_eval': None,
+    'early_stopping': None}
 
 
 def _config_from_flags():

@@ -62,6 +62,14 @@ class TrainConfig:
     busy models into a program of fewer slots (a power of two; one more compile per size).
   max_programs: training programs alive at once: groups run in waves of this many, and a
     wave's compiled programs are released before the next (None: `default_max_programs`).
+  bn_eval: how accuracies are measured (`BN_EVALS`). 'original' (the code that made the
+    release, classifier.py): with the training graph, i.e. batch statistics, dropout off, and
+    augmented inputs for augmented models, every pass updating the batch-norm moving averages.
+    Each training step first evaluates its batch so (the epoch's training accuracy is the mean
+    of those), and each export evaluates the next epoch's first batch, then whole batches (of
+    the model's batch size) of the validation and test sets, so an export's moving statistics
+    are shaped by the passes just before it. 'moving': moving averages on clean images, the
+    training accuracy on a training subset the size of the validation set, no state change.
   """
   seed: int = 0
   rules: early_stopping.StoppingRules = early_stopping.StoppingRules()
@@ -75,6 +83,13 @@ class TrainConfig:
   slots_per_group: int | None = None
   compact: bool = False
   max_programs: int | None = None
+  bn_eval: str = 'original'
+
+
+BN_EVALS = ('original', 'moving')
+# Key streams under a step's key: the original evaluation pass draws its own augmentation.
+_EVAL_STREAM = 2
+_EXPORT_EVAL_STREAM = 3
 
 
 def default_conv_impl() -> str:
@@ -153,10 +168,41 @@ def epoch_order(hp: Hyper, epoch: jax.Array, data: input_pipeline.ZooData) -> ja
   return input_pipeline.balanced_order(order_key, data.train_labels[hp.dataset])
 
 
+def _forward(params, stats, images, hp: Hyper, *, arch: cnn.Architecture, masked: bool,
+             conv_impl: str, train: bool, dropout_key=None, dropout: bool = True):
+  """One model's logits [B, 20] and new statistics: `packing.apply` (its own architecture inside
+  the padded `arch`) or, unmasked, `cnn.apply`."""
+  if masked:
+    return packing_lib.apply(params, stats, images, hp.activation, hp.layout, arch=arch,
+                             train=train, dropout_key=dropout_key, conv_impl=conv_impl,
+                             dropout=dropout)
+  return cnn.apply(params, stats, images, hp.activation, arch=arch, train=train,
+                   dropout_key=dropout_key, conv_impl=conv_impl, dropout=dropout)
+
+
+def graph_eval_batch(state: ModelState, hp: Hyper, images: jax.Array, labels: jax.Array,
+                     key: jax.Array, *, arch: cnn.Architecture, masked: bool, conv_impl: str,
+                     augment_config: augment.AugmentConfig) -> tuple[jax.Array, cnn.Stats]:
+  """The original code's evaluation of one batch (its training graph with keep probability 1):
+  images uint8 [B, 32, 32, 3], augmented with `key` if the model augments, batch statistics,
+  no dropout. Returns (hits bool [B], statistics with the moving averages updated)."""
+  images = augment.maybe_augment(key, images.astype(jnp.float32) / 255.0, hp.augmentation,
+                                 augment_config)
+  logits, stats = _forward(state.params, state.stats, images, hp, arch=arch, masked=masked,
+                           conv_impl=conv_impl, train=True, dropout=False)
+  return jnp.argmax(logits, axis=-1) == labels, stats
+
+
+def step_key(hp: Hyper, epoch: jax.Array, step: jax.Array) -> jax.Array:
+  """The key of step `step` (0-based) of a model's epoch `epoch` (1-based)."""
+  return jax.random.fold_in(epoch_keys(hp, epoch)[1], step)
+
+
 def train_steps(state: ModelState, hp: Hyper, order: jax.Array, active: jax.Array,
                 epoch: jax.Array, start_step: jax.Array, data: input_pipeline.ZooData, *,
                 arch: cnn.Architecture, batch_size: int, num_steps: int, conv_impl: str,
-                augment_config: augment.AugmentConfig, masked: bool = True):
+                augment_config: augment.AugmentConfig, masked: bool = True,
+                bn_eval: str = 'original'):
   """Steps start_step … start_step + num_steps - 1 of one model's epoch.
 
   order: int32 [N] from `epoch_order`; active: bool, False for a stopped model. Steps at or past
@@ -165,34 +211,45 @@ def train_steps(state: ModelState, hp: Hyper, order: jax.Array, active: jax.Arra
   all finite is not applied, and the model trains no further in this call: it stays frozen at
   its last finite state (diverged; the caller keeps it inactive afterwards).
   Returns (state, metrics) with metrics = (summed batch-mean loss, correct predictions, live
-  steps, diverged), float32 scalars, the first three over the applied steps, measured on the
-  training batches as trained (augmented, dropout); diverged is 1.0 if the model diverged in
-  this call, else 0.0.
+  steps, diverged, evaluated correct, evaluated batches), float32 scalars, the first three over
+  the applied steps, measured on the training batches as trained (augmented, dropout); diverged
+  is 1.0 if the model diverged in this call, else 0.0. bn_eval='original': every applied step
+  but the epoch's first (evaluated at the export before it, `graph_eval_program`) first runs
+  `graph_eval_batch` on its batch (its own augmentation draw), which updates the moving
+  averages; the last two metrics count its correct predictions and batches (zero otherwise).
   `arch` is the group's padded architecture: gradients outside the model's own weights
   (hp.layout) are masked to zero, so padding stays zero. masked=False (a group whose models
   all have architecture `arch`) runs `cnn.apply` unmasked, the same model with less arithmetic.
   """
+  if bn_eval not in BN_EVALS:
+    raise ValueError(f'unknown bn_eval {bn_eval!r}; choose from: ' + ', '.join(BN_EVALS))
   _, step_root = epoch_keys(hp, epoch)
   masks = packing_lib.param_masks(hp.layout, arch) if masked else None
+  zero = jnp.zeros((), jnp.float32)
 
   def one_step(carry, i):
-    state, ok, loss_sum, correct, seen = carry
+    state, ok, loss_sum, correct, seen, eval_correct, eval_seen = carry
     step = start_step + i
     live = active & (step < hp.steps_per_epoch) & ok
     rows = jax.lax.dynamic_slice(order, (step * batch_size,), (batch_size,))
-    images = data.train_images[hp.dataset, rows].astype(jnp.float32) / 255.0
+    raw = data.train_images[hp.dataset, rows]
     labels = data.train_labels[hp.dataset, rows]
-    aug_key, dropout_key = jax.random.split(jax.random.fold_in(step_root, step))
-    images = augment.maybe_augment(aug_key, images, hp.augmentation, augment_config)
+    key = jax.random.fold_in(step_root, step)
+    aug_key, dropout_key = jax.random.split(key)
+    images = augment.maybe_augment(aug_key, raw.astype(jnp.float32) / 255.0, hp.augmentation,
+                                   augment_config)
+    base = state
+    if bn_eval == 'original':
+      evaluated = step >= 1
+      eval_hits, eval_stats = graph_eval_batch(
+          state, hp, raw, labels, jax.random.fold_in(key, _EVAL_STREAM), arch=arch,
+          masked=masked, conv_impl=conv_impl, augment_config=augment_config)
+      base = state._replace(stats=jax.tree.map(lambda n, o: jnp.where(evaluated, n, o),
+                                               eval_stats, state.stats))
 
     def loss_fn(params):
-      if masked:
-        logits, new_stats = packing_lib.apply(params, state.stats, images, hp.activation,
-                                              hp.layout, arch=arch, train=True,
-                                              dropout_key=dropout_key, conv_impl=conv_impl)
-      else:
-        logits, new_stats = cnn.apply(params, state.stats, images, hp.activation, arch=arch,
-                                      train=True, dropout_key=dropout_key, conv_impl=conv_impl)
+      logits, new_stats = _forward(params, base.stats, images, hp, arch=arch, masked=masked,
+                                   conv_impl=conv_impl, train=True, dropout_key=dropout_key)
       return cnn.cross_entropy(logits, labels), (new_stats, logits)
 
     (loss, (new_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -206,16 +263,19 @@ def train_steps(state: ModelState, hp: Hyper, order: jax.Array, active: jax.Arra
     applied = live & finite
     state = jax.tree.map(lambda n, o: jnp.where(applied, n, o), new_state, state)
     hits = (jnp.argmax(logits, axis=-1) == labels).sum()
+    if bn_eval == 'original':
+      counted = applied & evaluated
+      eval_correct = eval_correct + jnp.where(counted, eval_hits.sum().astype(jnp.float32), zero)
+      eval_seen = eval_seen + counted.astype(jnp.float32)
     # Selects, not products: a skipped step's loss may be NaN or inf.
-    zero = jnp.zeros((), jnp.float32)
     return (state, ok & ~(live & ~finite), loss_sum + jnp.where(applied, loss, zero),
             correct + jnp.where(applied, hits.astype(jnp.float32), zero),
-            seen + applied.astype(jnp.float32)), None
+            seen + applied.astype(jnp.float32), eval_correct, eval_seen), None
 
-  zero = jnp.zeros((), jnp.float32)
-  (state, ok, loss_sum, correct, seen), _ = jax.lax.scan(
-      one_step, (state, jnp.ones((), jnp.bool_), zero, zero, zero), jnp.arange(num_steps))
-  return state, (loss_sum, correct, seen, (~ok).astype(jnp.float32))
+  (state, ok, loss_sum, correct, seen, eval_correct, eval_seen), _ = jax.lax.scan(
+      one_step, (state, jnp.ones((), jnp.bool_), zero, zero, zero, zero, zero),
+      jnp.arange(num_steps))
+  return state, (loss_sum, correct, seen, (~ok).astype(jnp.float32), eval_correct, eval_seen)
 
 
 def evaluate_model(state: ModelState, hp: Hyper, data: input_pipeline.ZooData,
@@ -246,6 +306,52 @@ def evaluate_model(state: ModelState, hp: Hyper, data: input_pipeline.ZooData,
   return correct / jnp.maximum(total, 1)
 
 
+def graph_eval_export(state: ModelState, hp: Hyper, epoch: jax.Array,
+                      data: input_pipeline.ZooData, *, arch: cnn.Architecture, batch_size: int,
+                      conv_impl: str, augment_config: augment.AugmentConfig,
+                      masked: bool = True) -> tuple[jax.Array, ModelState]:
+  """The original code's evaluation at the export after `epoch` epochs (0: the initialisation),
+  in its order: the first batch of epoch + 1 (what it trains next, with step 0's evaluation
+  key), then the validation and the test set in whole batches of `batch_size` (the remainder
+  dropped; a set smaller than one batch is one batch that wraps around it, each example
+  counted once), each pass with `graph_eval_batch`, chaining the moving averages.
+  Returns ([next batch's correct count, validation accuracy, test accuracy] float32 [3], the
+  state with the updated statistics)."""
+  rows = epoch_order(hp, epoch + 1, data)[:batch_size]
+  key = jax.random.fold_in(step_key(hp, epoch + 1, jnp.int32(0)), _EVAL_STREAM)
+  evaluate = functools.partial(graph_eval_batch, arch=arch, masked=masked, conv_impl=conv_impl,
+                               augment_config=augment_config)
+  hits, stats = evaluate(state, hp, data.train_images[hp.dataset, rows],
+                         data.train_labels[hp.dataset, rows], key)
+  out = [hits.sum().astype(jnp.float32)]
+  export_key = jax.random.fold_in(jax.random.fold_in(hp.key, _EXPORT_EVAL_STREAM), epoch)
+  for eval_set in (1, 2):
+    images_all, labels_all = data.eval_images[eval_set], data.eval_labels[eval_set]
+    n = (labels_all[hp.dataset] >= 0).sum()
+    num_batches = jnp.maximum(n // batch_size, 1)
+    set_key = jax.random.fold_in(export_key, eval_set)
+
+    def one_batch(carry, j, images_all=images_all, labels_all=labels_all, n=n,
+                  num_batches=num_batches, set_key=set_key):
+      stats, correct, total = carry
+      index = j * batch_size + jnp.arange(batch_size)
+      rows = index % jnp.maximum(n, 1)
+      hits, new_stats = evaluate(state._replace(stats=stats), hp,
+                                 images_all[hp.dataset, rows], labels_all[hp.dataset, rows],
+                                 jax.random.fold_in(set_key, j))
+      used = j < num_batches
+      counted = used & (index < n)
+      stats = jax.tree.map(lambda a, b: jnp.where(used, a, b), new_stats, stats)
+      return (stats, correct + (hits & counted).sum(), total + counted.sum()), None
+
+    max_batches = max(1, labels_all.shape[1] // batch_size)
+    (stats, correct, total), _ = jax.lax.scan(
+        one_batch, (stats, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)),
+        jnp.arange(max_batches))
+    out.append(correct / jnp.maximum(total, 1))
+  return jnp.stack(out).astype(jnp.float32), state._replace(stats=stats)
+
+
 def _stack_trees(trees):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
@@ -259,13 +365,13 @@ def _concat_trees(trees):
 
 @functools.lru_cache(maxsize=None)
 def _train_program(arch, batch_size, num_steps, conv_impl, augment_config, models_per_chunk,
-                   masked, mesh):
+                   masked, mesh, bn_eval='original'):
   """The group's training program: `train_steps` over the models axis, `models_per_chunk`
   models vmapped at a time (lax.map runs the chunks in sequence; None: all at once), each
   device of `mesh` running its own slots."""
   step_fn = functools.partial(train_steps, arch=arch, batch_size=batch_size,
                               num_steps=num_steps, conv_impl=conv_impl,
-                              augment_config=augment_config, masked=masked)
+                              augment_config=augment_config, masked=masked, bn_eval=bn_eval)
 
   def program(state, hyper, order, active, epoch, start_step, data):
     return jax.lax.map(lambda a: step_fn(*a, start_step, data),
@@ -325,6 +431,26 @@ def _eval_program(arch, batch_size, conv_impl, models_per_chunk, mesh):
     return jax.lax.map(one, (state, hyper), batch_size=models_per_chunk)
 
   return jax.jit(sharding.per_device(eval_all, mesh, 'MMR', 'M'))
+
+
+@functools.lru_cache(maxsize=None)
+def _graph_eval_program(arch, batch_size, conv_impl, augment_config, masked, models_per_chunk,
+                        mesh):
+  """A group's export evaluation under bn_eval='original': `graph_eval_export` over its slots
+  (`models_per_chunk` vmapped at a time). (state, hyper, epoch [slots], update [slots] bool,
+  data) -> (results [slots, 3], state with statistics updated where `update`)."""
+  one = functools.partial(graph_eval_export, arch=arch, batch_size=batch_size,
+                          conv_impl=conv_impl, augment_config=augment_config, masked=masked)
+
+  def program(state, hyper, epoch, update, data):
+    results, new = jax.lax.map(lambda a: one(a[0], a[1], a[2], data), (state, hyper, epoch),
+                               batch_size=models_per_chunk)
+    stats = jax.tree.map(
+        lambda n, o: jnp.where(update.reshape((-1,) + (1,) * (n.ndim - 1)), n, o),
+        new.stats, state.stats)
+    return results, state._replace(stats=stats)
+
+  return jax.jit(sharding.per_device(program, mesh, 'MMMMR', ('M', 'M')))
 
 
 @functools.lru_cache(maxsize=None)
@@ -395,6 +521,8 @@ class ZooTrainer:
                        + ', '.join(packing_lib.PACKINGS))
     if cfg.packing != 'exact':
       packing_lib.check_random_draws()
+    if cfg.bn_eval not in BN_EVALS:
+      raise ValueError(f'unknown bn_eval {cfg.bn_eval!r}; choose from: ' + ', '.join(BN_EVALS))
     index = {name: i for i, name in enumerate(dataset_names)}
     own = [cnn.Architecture(*c.architecture) for c in self.configs]
     buckets = {}
@@ -458,7 +586,8 @@ class ZooTrainer:
     self._train = {id(self.groups[i]): _train_program(
         self.groups[i].arch, self.groups[i].batch_size,
         min(cfg.steps_per_call, self.groups[i].max_steps), self.conv_impl, cfg.augment,
-        min(chunk, self.groups[i].num_slots // devices), self.groups[i].masked, self.mesh)
+        min(chunk, self.groups[i].num_slots // devices), self.groups[i].masked, self.mesh,
+        cfg.bn_eval)
         for i in open_}
     # Programs that read every model's parameters (init, evaluation, export) run once per
     # padded architecture over its open groups (batch size does not change parameter shapes).
@@ -482,7 +611,7 @@ class ZooTrainer:
     del state  # The closed wave's arrays: freed with the caller's reference.
     self._train = {}
     for program in (_train_program, _init_program, _refill_program, _eval_program,
-                    _flatten_program, _order_program, _take_program):
+                    _graph_eval_program, _flatten_program, _order_program, _take_program):
       program.cache_clear()
     jax.clear_caches()
     self.wave += 1
@@ -657,12 +786,13 @@ class ZooTrainer:
     """Trains one epoch of the models in the slots with active[zoo position] True.
 
     epoch: the epoch (1-based) each model trains, an int for all or an int array [models].
-    Returns (state, train metrics [models, 4]: summed batch loss, correct, applied steps,
+    Returns (state, train metrics [models, 6]: summed batch loss, correct, applied steps,
     diverged (1.0 for a model whose loss or weights turned non-finite this epoch: it stays at
-    its last finite state, `train_steps`); zero for models not trained).
+    its last finite state, `train_steps`), and under bn_eval='original' the correct
+    predictions and batches of the steps' evaluation passes; zero for models not trained).
     """
     epochs = np.broadcast_to(np.asarray(epoch, np.int64), (self.num_models,))
-    new_state, metrics = list(state), np.zeros((self.num_models, 4))
+    new_state, metrics = list(state), np.zeros((self.num_models, 6))
     for i in self.open_groups():
       g, s = self.groups[i], state[i]
       models = self.slot_models[i]
@@ -690,16 +820,51 @@ class ZooTrainer:
       new_state[i] = s
     return new_state, metrics
 
-  def evaluate(self, state: list[ModelState]) -> np.ndarray:
-    """Accuracy [models, 3] on the train subset, validation and test sets (fractions) of the
-    models in the slots; NaN for the others."""
+  def evaluate(self, state: list[ModelState], epochs: np.ndarray | None = None,
+               update: np.ndarray | None = None, train_counts: np.ndarray | None = None
+               ) -> tuple[np.ndarray, list[ModelState]]:
+    """Accuracy [models, 3] on the training data, validation and test sets (fractions) of the
+    models in the slots (NaN for the others), and the state after the evaluation.
+
+    bn_eval='moving': the training subset, moving averages, clean images; the state is
+    unchanged and the other arguments unused. bn_eval='original' (`graph_eval_export`):
+    epochs [models] says after how many epochs each model is exported (default 0); models with
+    update[model] True (default: every model in a slot) keep the statistics the passes left;
+    the training accuracy is that of the steps' evaluation passes, train_counts [models, 2]
+    (correct, batches: `run_epoch`'s last two metrics; default none), and of the next epoch's
+    first batch, evaluated here.
+    """
     out = np.full((self.num_models, 3), np.nan)
-    for eval_all, idx in zip(self._eval_all, self._arch_groups):
-      acc = sharding.to_host(eval_all([state[i] for i in idx],
-                                      [self._slot_hyper[i] for i in idx], self.data))
-      models = self._device_major([self.slot_models[i] for i in idx])
-      out[models[models >= 0]] = acc[models >= 0]
-    return out
+    if self.cfg.bn_eval == 'moving':
+      for eval_all, idx in zip(self._eval_all, self._arch_groups):
+        acc = sharding.to_host(eval_all([state[i] for i in idx],
+                                        [self._slot_hyper[i] for i in idx], self.data))
+        models = self._device_major([self.slot_models[i] for i in idx])
+        out[models[models >= 0]] = acc[models >= 0]
+      return out, state
+    epochs = np.zeros(self.num_models, np.int64) if epochs is None else np.asarray(epochs)
+    update = self.in_slots() if update is None else np.asarray(update, bool)
+    counts = (np.zeros((self.num_models, 2)) if train_counts is None
+              else np.asarray(train_counts, np.float64))
+    state = list(state)
+    chunk = self.cfg.eval_models_per_chunk
+    for i in self.open_groups():
+      g, models = self.groups[i], self.slot_models[i]
+      live = models >= 0
+      pos = np.maximum(models, 0)
+      program = _graph_eval_program(g.arch, g.batch_size, self.conv_impl, self.cfg.augment,
+                                    g.masked, min(chunk, g.num_slots // self.mesh.size),
+                                    self.mesh)
+      results, state[i] = program(
+          state[i], self._slot_hyper[i],
+          sharding.put_models(np.where(live, epochs[pos], 0).astype(np.int32), self.mesh),
+          sharding.put_models(live & update[pos], self.mesh), self.data)
+      results = sharding.to_host(results).astype(np.float64)
+      m = models[live]
+      correct = counts[m, 0] + results[live, 0]
+      out[m, 0] = correct / ((counts[m, 1] + 1) * g.batch_size)
+      out[m, 1:] = results[live, 1:]
+    return out, state
 
   def export(self, state: list[ModelState]) -> tuple[jax.Array, ...]:
     """Snapshot vectors of the models in the slots, one float32 [slots of arch a, n_a] array per
@@ -780,16 +945,19 @@ def train(trainer: ZooTrainer, *, resume: TrainResult | None = None,
     saved += 1
 
   def start(state, models):
-    """Evaluates and exports the models just put in slots (their epoch 0)."""
-    acc = trainer.evaluate(state)
+    """Evaluates and exports the models just put in slots (their epoch 0); returns the state."""
+    nonlocal stopping
+    acc, state = trainer.evaluate(state, np.zeros(m, np.int64), models)
     curves[models, 0] = acc[models]
+    stopping = early_stopping.observe_initial(stopping, acc[:, 1], models, rules)
     export(state, models)
+    return state
 
   try:
     if resume is None:
       state = trainer.init_state()
       trainer.warm_up(state)
-      start(state, trainer.in_slots())
+      state = start(state, trainer.in_slots())
     else:
       state = resume.state
       trainer.warm_up(state)
@@ -807,7 +975,7 @@ def train(trainer: ZooTrainer, *, resume: TrainResult | None = None,
           bar.set_postfix_str(f'{status}round {rounds} {100 * chunks[0] // total_chunks}%')
 
       state, metrics = trainer.run_epoch(state, epochs, active, on_chunk)
-      acc = trainer.evaluate(state)
+      acc, state = trainer.evaluate(state, epochs, active, metrics[:, 4:6])
       curves[active, epochs[active]] = acc[active]
       # A model that diverged trained this epoch up to its last finite step (frozen there: its
       # curves and export are of that state); it stops as DIVERGED and its slot is refilled.
@@ -821,14 +989,14 @@ def train(trainer: ZooTrainer, *, resume: TrainResult | None = None,
       finished = active & (stopping.status != early_stopping.RUNNING)
       state, entered = trainer.refill(state, finished)
       if len(entered):
-        start(state, np.isin(np.arange(m), entered))
+        state = start(state, np.isin(np.arange(m), entered))
       if trainer.cfg.compact:
         state = trainer.compact(state, stopping.status == early_stopping.RUNNING)
       running = stopping.status == early_stopping.RUNNING
       if running.any() and not (running & trainer.in_slots()).any():
         state = trainer.next_wave(state)  # This wave is done: release it, start the next.
         trainer.warm_up(state)
-        start(state, trainer.in_slots())
+        state = start(state, trainer.in_slots())
       result = TrainResult(state, stopping, curves, losses, time.time() - t0, exports,
                            trainer.schedule(), rounds)
       if on_epoch is not None:

@@ -51,6 +51,10 @@ class ZooConfig:
   num_train / num_test: examples per dataset (None: the dataset's default); num_train counts
   the training split before 10% of it is held out for validation. eval_size caps the
   validation, test and training-accuracy sets (None: whole sets).
+  bn_eval: how accuracies are measured and what an export's batch-norm statistics hold
+  (`trainer.TrainConfig.bn_eval`): 'original' (the release's code) or 'moving'.
+  early_stopping: the reading of the stopping rules (`early_stopping.StoppingRules.reading`):
+  'original' (the release's code) or 'protocol'.
   """
   num_models: int = 8
   seed: int = 0
@@ -69,6 +73,8 @@ class ZooConfig:
   slots_per_group: int | None = None
   compact: bool = False
   max_programs: int | None = None
+  bn_eval: str = 'original'
+  early_stopping: str = 'original'
 
   def validate(self) -> None:
     """Raises ValueError with a one-line message for a config that cannot run."""
@@ -102,7 +108,14 @@ class ZooConfig:
       value = getattr(self, name)
       if value is not None and value < 10:
         raise ValueError(f'{name} must be at least 10, got {value}')
-    early_stopping.StoppingRules(min_epochs=self.min_epochs, max_epochs=self.max_epochs)
+    if self.bn_eval not in trainer_lib.BN_EVALS:
+      raise ValueError(f'unknown bn_eval {self.bn_eval!r}; choose from: '
+                       + ', '.join(trainer_lib.BN_EVALS))
+    self.stopping_rules()
+
+  def stopping_rules(self) -> early_stopping.StoppingRules:
+    return early_stopping.StoppingRules(min_epochs=self.min_epochs, max_epochs=self.max_epochs,
+                                        reading=self.early_stopping)
 
   def to_json(self) -> dict:
     d = dataclasses.asdict(self)
@@ -129,6 +142,9 @@ def load_config(workdir: str) -> ZooConfig:
     with open(path) as f:
       saved = json.load(f)['zoo']
     saved['datasets'] = tuple(saved['datasets'])
+    # Zoos saved before these options existed were trained the other way.
+    saved.setdefault('bn_eval', 'moving')
+    saved.setdefault('early_stopping', 'protocol')
     return ZooConfig(**saved)
   except (ValueError, KeyError, TypeError) as e:
     raise WorkdirError(f'cannot resume {workdir}: {path} is not a zoo config ({e})') from None
@@ -191,11 +207,10 @@ def make_trainer(config: ZooConfig, configs: Sequence[space.ModelConfig] | None 
   data = input_pipeline.stack(datasets, config.eval_size)
   cfg = trainer_lib.TrainConfig(
       seed=config.seed,
-      rules=early_stopping.StoppingRules(min_epochs=config.min_epochs,
-                                         max_epochs=config.max_epochs),
+      rules=config.stopping_rules(),
       conv_impl=config.conv_impl, steps_per_call=config.steps_per_call, packing=config.packing,
       slots_per_group=config.slots_per_group, compact=config.compact,
-      max_programs=config.max_programs)
+      max_programs=config.max_programs, bn_eval=config.bn_eval)
   sizes = [input_pipeline.balanced_size(d.train_labels) for d in datasets]
   return trainer_lib.ZooTrainer(configs, list(model_ids), data, config.datasets, sizes, cfg,
                                 mesh=mesh)

@@ -186,7 +186,7 @@ def test_a_padded_zoo_trains_each_model_as_its_own_architecture(tiny_datasets):
     state = trainer.init_state()
     initial = trainer.export(state)
     state, _ = trainer.run_epoch(state, 1, np.ones(2, bool))
-    runs[pack] = (trainer, initial, trainer.export(state), trainer.evaluate(state))
+    runs[pack] = (trainer, initial, trainer.export(state), trainer.evaluate(state)[0])
   padded, exact = runs['depth'], runs['exact']
   assert len(padded[0].groups) == 1 and len(exact[0].groups) == 2
   assert padded[0].groups[0].arch == cnn.Architecture(7, 3, 2, 12, 192)
