@@ -43,6 +43,7 @@ def test_meta_row():
   assert row['suite'] == 'meta' and all(row[k] is not None for k in MACHINE)
   assert row['n_models'] == 12 and row['slice_length'] == 64 and row['batch_size'] == 8
   assert row['conv_widths'] == '4,8' and row['dense_widths'] == '16'
+  assert row['variant'] == 'cnn1D_small' and row['variables_per_classifier'] > 0
   p = row['properties']
   assert isinstance(p, int) and p >= 2
   positive(row, 'steps_per_epoch', 'one_property_step_s', 'stacked_step_s', 'loop_step_s',
@@ -63,6 +64,17 @@ def test_meta_row():
   assert row['loop_slice_reads_per_s'] == pytest.approx(p * b / row['loop_step_s'])
   assert row['stacked_over_loop'] == pytest.approx(row['all_properties_slice_reads_per_s']
                                                    / row['loop_slice_reads_per_s'])
+
+
+def test_meta_row_of_the_legacy_network_without_the_loop():
+  row, = meta_bench.run(tiny(meta_variant='legacy_6layer', meta_loop=False))
+  assert row['variant'] == 'legacy_6layer' and row['conv_widths'] == '4,8'
+  assert 'loop_step_s' not in row and 'stacked_over_loop' not in row
+  positive(row, 'one_property_step_s', 'stacked_step_s', 'cost_ratio')
+  # 64 -> 32 -> 16 (SAME pools, one per conv): dense 16·8 -> 16, output; BN on convs only.
+  o = row['variables_per_classifier'] - (5 * 4 + 4 + 4 * 4 + 5 * 4 * 8 + 8 + 4 * 8
+                                         + 128 * 16 + 16)
+  assert o % 17 == 0 and o > 0  # 16·C + C
 
 
 def test_meta_rejects_a_zoo_without_varying_property():

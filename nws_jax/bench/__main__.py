@@ -36,7 +36,13 @@ flags.DEFINE_enum('conv_impl', 'auto', ['auto', 'im2col', 'lax'], 'Convolution f
 flags.DEFINE_integer('meta_num_models', 48, 'Models of the meta suite\'s synthetic zoo.')
 flags.DEFINE_integer('meta_slice_length', 500, 'Slice length of the meta suite.')
 flags.DEFINE_list('meta_conv_widths', ['8', '16', '32', '32', '32', '32'],
-                  'Conv widths of the meta suite\'s meta-classifiers.')
+                  'Conv widths of the meta suite\'s meta-classifiers (empty: the variant\'s '
+                  'own, the study\'s 12 or 15 layers).')
+flags.DEFINE_enum('meta_variant', 'study', ['study', 'legacy_6layer'], 'Meta suite: the study\'s '
+                  'meta-classifier (cnn1D_small, or cnn1D over 40,000 weights) or the pre-issue '
+                  '6-layer one, for comparison.')
+flags.DEFINE_bool('meta_loop', True, 'Meta suite: time every property alone too (the loop); '
+                  'without it only the first property alone.')
 flags.DEFINE_list('meta_dense_widths', ['256', '64'], 'Dense widths of the meta suite.')
 flags.DEFINE_integer('release_num_models', 64, 'Nets of the release suite\'s release (two '
                      'architectures in turn).')
@@ -85,6 +91,8 @@ def main(argv):
       meta_num_models=FLAGS.meta_num_models, meta_slice_length=FLAGS.meta_slice_length,
       meta_conv_widths=_int_list('meta_conv_widths'),
       meta_dense_widths=_int_list('meta_dense_widths'),
+      meta_variant='' if FLAGS.meta_variant == 'study' else FLAGS.meta_variant,
+      meta_loop=FLAGS.meta_loop,
       release_num_models=FLAGS.release_num_models, release_weights=FLAGS.release_weights,
       release_slice_length=FLAGS.release_slice_length, release_batches=FLAGS.release_batches,
       release_rss_num_models=FLAGS.release_rss_num_models,

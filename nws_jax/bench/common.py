@@ -29,7 +29,10 @@ class BenchConfig:
   ACCELERATOR_NUM_MODELS); batch_size: images per model-step; steps: training steps per timed
   call; repeats: timed calls (mean); loop_models: models timed one by one for the per-model loop
   (its rate is per model, so it extrapolates); conv_impl: 'auto', 'im2col' or 'lax';
-  meta_*: the meta suite's slice length and widths; release_*: the release suite's sizes (nets,
+  meta_*: the meta suite's synthetic zoo, slice length and widths (conv widths (): the
+  variant's own), its meta-classifier variant ('': the study's for the slice length;
+  'legacy_6layer': the pre-issue network) and whether every property is also timed alone
+  (meta_loop; else the first only); release_*: the release suite's sizes (nets,
   weights per net of the longer architecture, slice length, timed batches per round; and of its
   sparse release read under an address-space limit of release_rss_limit_mb MiB); workdir: where
   the io and release suites write (None: a temporary directory); packing_*: the packing suite's
@@ -45,6 +48,8 @@ class BenchConfig:
   meta_slice_length: int = 500
   meta_conv_widths: tuple[int, ...] = (8, 16, 32, 32, 32, 32)
   meta_dense_widths: tuple[int, ...] = (256, 64)
+  meta_variant: str = ''
+  meta_loop: bool = True
   release_num_models: int = 64
   release_weights: int = 100_000
   release_slice_length: int = 5000

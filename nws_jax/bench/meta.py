@@ -12,7 +12,11 @@ over ceil(pairs / batch_size) steps; compile excluded: one untimed epoch first; 
 - *loop*: each of the P properties alone (the same program at P = 1, same steps and slices),
   one after the other: every property's timed epochs are waited for before the next one's;
   its time is the sum over the properties;
-- *one property*: the first property's part of the loop (PROTOCOL order).
+- *one property*: the first property's part of the loop (PROTOCOL order); with
+  `config.meta_loop` off, the only property timed alone (the loop's fields are then absent).
+
+The meta-classifier is the study's (`config.meta_variant` '': cnn1D_small, or cnn1D over 40,000
+weights) or the pre-issue 6-layer network ('legacy_6layer'), to compare their step costs.
 
 A slice-read is one slice through one meta-classifier (forward, backward, Adam update).
 
@@ -21,7 +25,9 @@ One row per run (`suite='meta'`): units are seconds (`*_s`) and per second (`*_p
   properties                        P, the number of properties stacked
   n_models, weights_per_model       the synthetic zoo: models, weights per snapshot vector
   slice_length, batch_size          weights per slice, slices per step
+  variant                           the meta-classifier's layout (model.py's variant names)
   conv_widths, dense_widths         the meta-classifier's widths ('8,16,32' strings)
+  variables_per_classifier          one member's parameters and batch-norm moving statistics
   steps_per_epoch                   training steps per timed epoch
   one_property_step_s               seconds per step of one meta-classifier alone
   stacked_step_s                    seconds per step of the P stacked meta-classifiers
@@ -52,6 +58,7 @@ import pandas as pd
 from nws_jax import cnn
 from nws_jax import space
 from nws_jax.bench import common
+from nws_jax.meta import model as model_lib
 from nws_jax.meta import split as split_lib
 from nws_jax.meta import targets as targets_lib
 from nws_jax.meta import train
@@ -59,6 +66,7 @@ from nws_jax.meta import train
 SUITE = 'meta'
 NUM_SNAPSHOTS = 20
 DATASETS = ('a', 'b', 'c')  # synthetic dataset names: the dataset property varies
+LEGACY = model_lib.LEGACY
 
 
 def fixed_weight_counts() -> tuple[int, int]:
@@ -131,15 +139,18 @@ def run(config: common.BenchConfig) -> Iterator[dict]:
   targets = targets_lib.make_targets(table, names, split.train)
   meta_config = train.MetaConfig(slice_length=config.meta_slice_length,
                                  batch_size=config.batch_size,
-                                 conv_widths=tuple(config.meta_conv_widths),
-                                 dense_widths=tuple(config.meta_dense_widths), seed=config.seed)
+                                 conv_widths=tuple(config.meta_conv_widths) or None,
+                                 dense_widths=tuple(config.meta_dense_widths), seed=config.seed,
+                                 variant=config.meta_variant or None,
+                                 bn_eval='moving' if config.meta_variant == LEGACY else 'batch')
+  meta_config.validate()
+  spec = train.model_spec(meta_config, targets, table)
   p, b = len(targets), config.batch_size
   row = dict(suite=SUITE, properties=p, n_models=len(table), weights_per_model=n,
-             slice_length=config.meta_slice_length, batch_size=b,
-             conv_widths=_widths(config.meta_conv_widths),
-             dense_widths=_widths(config.meta_dense_widths))
+             slice_length=config.meta_slice_length, batch_size=b, variant=spec.variant,
+             conv_widths=_widths(spec.conv_widths), dense_widths=_widths(spec.dense_widths),
+             variables_per_classifier=spec.variable_count())
   try:
-    spec = train.model_spec(meta_config, targets, table)
     data = train.prepare(meta_config, table, synthetic_snapshots(len(table), n, config.seed),
                          split, targets)
     steps = -(-len(data.train_pairs[0]) // b)
@@ -156,7 +167,9 @@ def run(config: common.BenchConfig) -> Iterator[dict]:
     first = time.perf_counter() - t0
     stacked_s = common.time_calls(stacked.epoch, config.repeats)
 
-    alone = [_Members(data, slice(i, i + 1), spec, meta_config, singles[i]) for i in range(p)]
+    timed_alone = p if config.meta_loop else 1
+    alone = [_Members(data, slice(i, i + 1), spec, meta_config, singles[i])
+             for i in range(timed_alone)]
     jax.block_until_ready([m.epoch() for m in alone])  # compiles the P = 1 program once
     # One after the other: each property's epochs waited for before the next property's (as
     # separate training runs would be), so that XLA cannot overlap independent programs.
@@ -169,14 +182,14 @@ def run(config: common.BenchConfig) -> Iterator[dict]:
     return
 
   stacked_step, one_step, loop_step = stacked_s / steps, one_s / steps, loop_s / steps
+  loop = dict(loop_step_s=loop_step, loop_slice_reads_per_s=p * b / loop_step,
+              stacked_over_loop=loop_step / stacked_step) if config.meta_loop else {}
   yield dict(
       row, steps_per_epoch=steps,
-      one_property_step_s=one_step, stacked_step_s=stacked_step, loop_step_s=loop_step,
+      one_property_step_s=one_step, stacked_step_s=stacked_step,
       one_property_slices_per_s=b / one_step,
       all_properties_slices_per_s=b / stacked_step,
       all_properties_slice_reads_per_s=p * b / stacked_step,
-      cost_ratio=stacked_step / one_step,
-      loop_slice_reads_per_s=p * b / loop_step,
-      stacked_over_loop=loop_step / stacked_step,
+      cost_ratio=stacked_step / one_step, **loop,
       compile_s=max(first - stacked_s, 0.0),
       **common.device_fields())
