@@ -26,7 +26,10 @@ takes exactly its 15 widths (anything else is refused).
 Batch norm at evaluation (`bn_eval`): the original built the net in training mode for testing
 too, so evaluation normalised by the statistics of the evaluated batch ('batch', the default;
 outputs then depend on which slices share a batch, see train.outputs_at); 'moving' uses the
-moving averages. Dropout is off at evaluation either way.
+moving averages. Dropout is off at evaluation either way. (One exception in the original:
+meta_classifier.py built `cnn1D` with `training=FLAGS.training`, so its evaluation-only runs of
+slices over 40,000 weights, per-net, positional and test, used the moving averages; its
+validation during training used batch statistics. Here bn_eval applies to both variants.)
 
 `legacy_6layer` is the network before issue 'meta-classifier = the study's network' (conv →
 ReLU → batch norm → SAME 2× pool per conv width, dense layers without batch norm, LeCun-normal
