@@ -257,9 +257,7 @@ def train_steps(state: ModelState, hp: Hyper, order: jax.Array, active: jax.Arra
       grads = jax.tree.map(jnp.multiply, grads, masks)
     new_params, new_opt = optim.update(grads, state.opt, state.params, hp.optimizer, hp.lrate)
     new_state = ModelState(new_params, new_stats, new_opt)
-    finite = jnp.isfinite(loss)
-    for leaf in jax.tree.leaves(new_state):
-      finite = finite & jnp.isfinite(leaf).all()
+    finite = jnp.isfinite(loss) & _all_finite(new_state)
     applied = live & finite
     state = jax.tree.map(lambda n, o: jnp.where(applied, n, o), new_state, state)
     hits = (jnp.argmax(logits, axis=-1) == labels).sum()
@@ -306,6 +304,13 @@ def evaluate_model(state: ModelState, hp: Hyper, data: input_pipeline.ZooData,
   return correct / jnp.maximum(total, 1)
 
 
+def _all_finite(tree) -> jax.Array:
+  finite = jnp.ones((), jnp.bool_)
+  for leaf in jax.tree.leaves(tree):
+    finite = finite & jnp.isfinite(leaf).all()
+  return finite
+
+
 def graph_eval_export(state: ModelState, hp: Hyper, epoch: jax.Array,
                       data: input_pipeline.ZooData, *, arch: cnn.Architecture, batch_size: int,
                       conv_impl: str, augment_config: augment.AugmentConfig,
@@ -316,13 +321,16 @@ def graph_eval_export(state: ModelState, hp: Hyper, epoch: jax.Array,
   dropped; a set smaller than one batch is one batch that wraps around it, each example
   counted once), each pass with `graph_eval_batch`, chaining the moving averages.
   Returns ([next batch's correct count, validation accuracy, test accuracy] float32 [3], the
-  state with the updated statistics)."""
+  state with the updated statistics). A pass whose statistics are not all finite (a diverged
+  model, frozen at its last finite weights, may overflow) leaves them as they were."""
   rows = epoch_order(hp, epoch + 1, data)[:batch_size]
   key = jax.random.fold_in(step_key(hp, epoch + 1, jnp.int32(0)), _EVAL_STREAM)
   evaluate = functools.partial(graph_eval_batch, arch=arch, masked=masked, conv_impl=conv_impl,
                                augment_config=augment_config)
-  hits, stats = evaluate(state, hp, data.train_images[hp.dataset, rows],
-                         data.train_labels[hp.dataset, rows], key)
+  hits, next_stats = evaluate(state, hp, data.train_images[hp.dataset, rows],
+                              data.train_labels[hp.dataset, rows], key)
+  stats = jax.tree.map(lambda a, b: jnp.where(_all_finite(next_stats), a, b), next_stats,
+                       state.stats)
   out = [hits.sum().astype(jnp.float32)]
   export_key = jax.random.fold_in(jax.random.fold_in(hp.key, _EXPORT_EVAL_STREAM), epoch)
   for eval_set in (1, 2):
@@ -341,7 +349,9 @@ def graph_eval_export(state: ModelState, hp: Hyper, epoch: jax.Array,
                                  jax.random.fold_in(set_key, j))
       used = j < num_batches
       counted = used & (index < n)
-      stats = jax.tree.map(lambda a, b: jnp.where(used, a, b), new_stats, stats)
+      # A frozen diverged model's huge weights may overflow here: its statistics stay finite.
+      keep = used & _all_finite(new_stats)
+      stats = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new_stats, stats)
       return (stats, correct + (hits & counted).sum(), total + counted.sum()), None
 
     max_batches = max(1, labels_all.shape[1] // batch_size)

@@ -107,7 +107,9 @@ def test_a_diverged_model_sits_out_the_rest_of_its_epoch(tiny_datasets, runs):
   _, (_, result, writer) = runs
   trainer = _trainer(tiny_datasets, DIVERGED_CONFIGS)
   normal = _trainer(tiny_datasets, CONFIGS)
-  state, metrics = trainer.run_epoch(trainer.init_state(), 1, np.array([True, True, False]))
+  # As the host loop: export 1's evaluation passes (bn_eval='original') before epoch 1.
+  _, state = trainer.evaluate(trainer.init_state())
+  state, metrics = trainer.run_epoch(state, 1, np.array([True, True, False]))
   _, normal_metrics = normal.run_epoch(normal.init_state(), 1, np.array([True, True, False]))
   # Diverged once, in the first call (1.0, not 2.0: the second call left it out), after one
   # applied step; the other model's metrics are those of the zoo without a diverging model.
@@ -115,7 +117,10 @@ def test_a_diverged_model_sits_out_the_rest_of_its_epoch(tiny_datasets, runs):
   np.testing.assert_array_equal(metrics[0], normal_metrics[0])
   np.testing.assert_array_equal(metrics[2], 0)
   assert normal_metrics[0, 3] == 0 and normal_metrics[DIVERGING, 3] == 0
-  # The export the host loop saved for its last epoch is this frozen state.
+  # The export the host loop saved for its last epoch is this frozen state, after the export's
+  # evaluation passes (bn_eval='original'), which leave a frozen model's statistics finite.
+  _, state = trainer.evaluate(state, np.ones(3, np.int64), np.array([True, True, False]),
+                              metrics[:, 4:6])
   (weights,) = trainer.export(state)
   row = list(trainer.export_rows()[0]).index(DIVERGING)
   np.testing.assert_array_equal(

@@ -61,8 +61,13 @@ def test_first_snapshot_is_each_models_own_initialisation_in_release_order(built
   for i, row in enumerate(built.table.to_dict('records')):
     key = jax.random.fold_in(trainer_lib.model_key(CONFIG.seed, i), 0)
     params, stats = init(key, _arch(row), jax.numpy.int32(row['initialization']))
+    # Export 1 holds the initial weights and, as the original's did, the moving statistics
+    # that its evaluation passes left (bn_eval='original'): data statistics, not 0 and 1.
+    _, exported_stats = cnn.unflatten(built.snapshots[i][0], _arch(row))
     np.testing.assert_array_equal(built.snapshots[i][0],
-                                  np.asarray(cnn.flatten(params, stats, _arch(row))))
+                                  np.asarray(cnn.flatten(params, exported_stats, _arch(row))))
+    assert not np.array_equal(np.asarray(exported_stats['conv_00']['mean']),
+                              np.asarray(stats['conv_00']['mean']))
     assert not np.array_equal(built.snapshots[i][0], built.snapshots[i][-1])
 
 

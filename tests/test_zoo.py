@@ -73,8 +73,13 @@ def test_first_snapshot_is_the_initialisation_in_release_order(built):
   for g, s in zip(trainer.groups, state):
     for j, pos in enumerate(g.members):
       params, stats = jax.tree.map(lambda x, j=j: np.asarray(x[j]), (s.params, s.stats))
-      expected = np.asarray(cnn.flatten(params, stats, arch))
+      # The initial weights, with the moving statistics that export 1's evaluation passes left
+      # (bn_eval='original', as the release's nets): data statistics, not the initial 0 and 1.
+      _, exported_stats = cnn.unflatten(built.snapshots[pos][0], arch)
+      expected = np.asarray(cnn.flatten(params, exported_stats, arch))
       np.testing.assert_array_equal(built.snapshots[pos][0], expected)
+      assert not np.array_equal(np.asarray(exported_stats['conv_00']['var']),
+                                stats['conv_00']['var'])
   assert not np.array_equal(built.snapshots.as_array()[:, 0], built.snapshots.as_array()[:, -1])
 
 
