@@ -175,20 +175,21 @@ def affine_matrix(rotate_deg, shear_deg, zoom) -> jax.Array:
   return rot @ shear * zoom
 
 
+def _corner_and_weights(y: jax.Array, x: jax.Array):
+  """Bilinear sampling at (y, x) [H', W']: the top-left neighbour (int32 rows, columns) and the
+  weights of the next row and column, [H', W', 1] each."""
+  y0f, x0f = jnp.floor(y), jnp.floor(x)
+  return (y0f.astype(jnp.int32), x0f.astype(jnp.int32), (y - y0f)[..., None],
+          (x - x0f)[..., None])
+
+
 def _bilinear_nearest(image: jax.Array, y: jax.Array, x: jax.Array) -> jax.Array:
   """Samples image [H, W, C] at real (row, column) coordinates y, x [H', W'] -> [H', W', C].
 
   Bilinear with 'nearest' fill: coordinates are clamped to [0, H-1] x [0, W-1] first.
   """
   h, w, ch = image.shape
-  y = jnp.clip(y, 0.0, h - 1.0)
-  x = jnp.clip(x, 0.0, w - 1.0)
-  y0f = jnp.floor(y)
-  x0f = jnp.floor(x)
-  wy = (y - y0f)[..., None]
-  wx = (x - x0f)[..., None]
-  y0 = y0f.astype(jnp.int32)
-  x0 = x0f.astype(jnp.int32)
+  y0, x0, wy, wx = _corner_and_weights(jnp.clip(y, 0.0, h - 1.0), jnp.clip(x, 0.0, w - 1.0))
   y1 = jnp.minimum(y0 + 1, h - 1)
   x1 = jnp.minimum(x0 + 1, w - 1)
   flat = image.reshape(h * w, ch)
@@ -262,14 +263,7 @@ def _bilinear_zero(image: jax.Array, y: jax.Array, x: jax.Array) -> jax.Array:
   h, w, ch = image.shape
   # Clamping to [-1, size] changes nothing (beyond it both neighbours of an axis are outside)
   # and keeps the integer casts in range.
-  y = jnp.clip(y, -1.0, float(h))
-  x = jnp.clip(x, -1.0, float(w))
-  y0f = jnp.floor(y)
-  x0f = jnp.floor(x)
-  wy = (y - y0f)[..., None]
-  wx = (x - x0f)[..., None]
-  y0 = y0f.astype(jnp.int32)
-  x0 = x0f.astype(jnp.int32)
+  y0, x0, wy, wx = _corner_and_weights(jnp.clip(y, -1.0, float(h)), jnp.clip(x, -1.0, float(w)))
   y1 = y0 + 1
   x1 = x0 + 1
   flat = image.reshape(h * w, ch)
