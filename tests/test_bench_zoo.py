@@ -14,7 +14,7 @@ CONFIG = common.BenchConfig(num_models=(1, 2), steps=2, repeats=1, loop_models=1
 MACHINE = ('device', 'backend', 'num_devices', 'jax', 'date')
 ZOO_FIELDS = ('suite', 'n_models', 'vectorised_model_steps_per_s', 'loop_model_steps_per_s',
               'ratio', 'images_per_s', 'compile_s', 'loop_compile_s', 'batch_size', 'steps',
-              'conv_impl') + MACHINE
+              'conv_impl', 'bn_eval') + MACHINE
 ROOFLINE_FIELDS = ('suite', 'n_models', 'flops_per_step_analytic', 'achieved_flops_per_s',
                    'peak_matmul_flops_per_s', 'fraction_of_peak', 'bytes_per_model_state',
                    'batch_size', 'steps', 'conv_impl') + MACHINE
@@ -134,3 +134,10 @@ def test_other_errors_propagate(monkeypatch):
   monkeypatch.setattr(zoo, 'measure_vectorised', broken)
   with pytest.raises(ValueError, match='not a memory error'):
     list(zoo.run(common.BenchConfig(num_models=(1,), batch_size=8)))
+
+
+def test_the_zoo_suite_times_the_chosen_evaluation_reading():
+  for reading in ('original', 'moving'):
+    config = common.BenchConfig(num_models=(1,), steps=2, batch_size=8, bn_eval=reading)
+    trainer = zoo.make_trainer(config, zoo.model_configs(config, 1), [0])
+    assert trainer.cfg.bn_eval == reading

@@ -33,6 +33,9 @@ flags.DEFINE_integer('steps', 16, 'Training steps per timed call.')
 flags.DEFINE_integer('repeats', 2, 'Timed calls per measurement (mean).')
 flags.DEFINE_integer('loop_models', 4, 'Models timed one at a time for the per-model loop.')
 flags.DEFINE_enum('conv_impl', 'auto', ['auto', 'im2col', 'lax'], 'Convolution formulation.')
+flags.DEFINE_enum('bn_eval', 'original', ['original', 'moving'], 'Zoo suites: how the zoo '
+                  "evaluates ('original' runs an evaluation pass before every training step, as "
+                  'the release\'s code did; train_zoo --bn_eval).')
 flags.DEFINE_integer('meta_num_models', 48, 'Models of the meta suite\'s synthetic zoo.')
 flags.DEFINE_integer('meta_slice_length', 500, 'Slice length of the meta suite.')
 flags.DEFINE_list('meta_conv_widths', ['8', '16', '32', '32', '32', '32'],
@@ -88,6 +91,7 @@ def main(argv):
   config = common.BenchConfig(
       num_models=_int_list('num_models') or None, batch_size=FLAGS.batch_size, steps=FLAGS.steps,
       repeats=FLAGS.repeats, loop_models=FLAGS.loop_models, conv_impl=FLAGS.conv_impl,
+      bn_eval=FLAGS.bn_eval,
       meta_num_models=FLAGS.meta_num_models, meta_slice_length=FLAGS.meta_slice_length,
       meta_conv_widths=_int_list('meta_conv_widths'),
       meta_dense_widths=_int_list('meta_dense_widths'),

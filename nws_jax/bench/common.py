@@ -28,7 +28,8 @@ class BenchConfig:
   """num_models: zoo sizes N to measure (None: CPU_NUM_MODELS on a CPU, else
   ACCELERATOR_NUM_MODELS); batch_size: images per model-step; steps: training steps per timed
   call; repeats: timed calls (mean); loop_models: models timed one by one for the per-model loop
-  (its rate is per model, so it extrapolates); conv_impl: 'auto', 'im2col' or 'lax';
+  (its rate is per model, so it extrapolates); conv_impl: 'auto', 'im2col' or 'lax'; bn_eval:
+  the zoo's evaluation reading ('original' adds an evaluation pass to every step);
   meta_*: the meta suite's synthetic zoo, slice length and widths (conv widths (): the
   variant's own), its meta-classifier variant ('': the study's for the slice length;
   'legacy_6layer': the pre-issue network) and whether every property is also timed alone
@@ -44,6 +45,7 @@ class BenchConfig:
   repeats: int = 2
   loop_models: int = 4
   conv_impl: str = 'auto'
+  bn_eval: str = 'original'
   meta_num_models: int = 48
   meta_slice_length: int = 500
   meta_conv_widths: tuple[int, ...] = (8, 16, 32, 32, 32, 32)

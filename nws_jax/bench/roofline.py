@@ -107,12 +107,13 @@ def xla_step_flops(config: common.BenchConfig) -> float | None:
     step = functools.partial(trainer_lib.train_steps, arch=group.arch,
                              batch_size=group.batch_size, num_steps=1,
                              conv_impl=trainer.conv_impl, augment_config=trainer.cfg.augment,
-                             masked=group.masked)
+                             masked=group.masked, bn_eval=trainer.cfg.bn_eval)
     compiled = jax.jit(step).lower(state, hyper, order, jnp.bool_(True), jnp.int32(1),
                                    jnp.int32(0), trainer.data).compile()
     return _flops_of(compiled)
 
-  return zoo.cached(('xla_step_flops', config.batch_size, config.conv_impl, config.seed),
+  return zoo.cached(('xla_step_flops', config.batch_size, config.conv_impl, config.bn_eval,
+                     config.seed),
                     compute)
 
 

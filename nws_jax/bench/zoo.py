@@ -30,6 +30,7 @@ One row per N (`suite='zoo'`), units seconds (`*_s`) and per second (`*_per_s`):
   seconds_per_call                mean seconds of one vectorised call (N models × steps)
   batch_size, steps               images per model-step; steps per call
   conv_impl                       the convolution formulation ('auto' resolved)
+  bn_eval                         the zoo's evaluation reading ('original': a pass per step)
   models_per_chunk                models vmapped at once in the vectorised program
   loop_models, repeats            models timed in the loop; timed calls per measurement
 
@@ -109,7 +110,7 @@ def zoo_data(config: common.BenchConfig) -> input_pipeline.ZooData:
 def make_trainer(config: common.BenchConfig, configs, model_ids) -> trainer_lib.ZooTrainer:
   """A trainer whose epoch is exactly `config.steps` steps, in one call per epoch."""
   cfg = trainer_lib.TrainConfig(seed=config.seed, conv_impl=config.conv_impl,
-                                steps_per_call=config.steps)
+                                steps_per_call=config.steps, bn_eval=config.bn_eval)
   # The balanced size handed over makes every model's epoch steps · batch_size examples (the
   # first ones of its balanced order), whatever the data set's own balanced size.
   trainer = trainer_lib.ZooTrainer(configs, model_ids, zoo_data(config), [DATASET],
@@ -231,7 +232,7 @@ def measure_vectorised(config: common.BenchConfig, n: int) -> dict:
 
 def _base(config: common.BenchConfig, n: int) -> dict:
   return dict(suite=SUITE, n_models=n, batch_size=config.batch_size, steps=config.steps,
-              conv_impl=conv_impl(config))
+              conv_impl=conv_impl(config), bn_eval=config.bn_eval)
 
 
 def run(config: common.BenchConfig) -> Iterator[dict]:
