@@ -10,8 +10,9 @@ widths among them, masked, so a random-architecture zoo has at most 9 padded arc
 architecture and a batch size make a group, one compiled training program, `lax.scan` over
 `steps_per_call` steps, called a few times per epoch by a thin host loop. A group trains
 `slots_per_group` models at a time and a model that stops hands its slot to the next of the
-group's queue (`ZooTrainer.refill`). Initialisation, evaluation and snapshot export run once per
-padded architecture over all of its groups.
+group's queue (`ZooTrainer.refill`). Initialisation and snapshot export run once per padded
+architecture over all of its groups; evaluation too under bn_eval='moving', once per group under
+'original' (whose passes are in the group's batch size).
 
 A model's randomness derives from (seed, model_id) alone, and a model that needs fewer steps
 than its group's longest in an epoch, or has stopped, is masked (its state is left exactly as
@@ -214,7 +215,7 @@ def train_steps(state: ModelState, hp: Hyper, order: jax.Array, active: jax.Arra
   steps, diverged, evaluated correct, evaluated batches), float32 scalars, the first three over
   the applied steps, measured on the training batches as trained (augmented, dropout); diverged
   is 1.0 if the model diverged in this call, else 0.0. bn_eval='original': every applied step
-  but the epoch's first (evaluated at the export before it, `graph_eval_program`) first runs
+  but the epoch's first (evaluated at the export before it, `graph_eval_export`) first runs
   `graph_eval_batch` on its batch (its own augmentation draw), which updates the moving
   averages; the last two metrics count its correct predictions and batches (zero otherwise).
   `arch` is the group's padded architecture: gradients outside the model's own weights

@@ -125,7 +125,9 @@ def reference_run(hp, config, data, arch, rules):
 def zoo_and_references(tiny_datasets):
   data = input_pipeline.stack(tiny_datasets)
   sizes = [input_pipeline.balanced_size(d.train_labels) for d in tiny_datasets]
-  rules = early_stopping.StoppingRules(min_epochs=MIN_EXPORTS, max_epochs=MAX_EPOCHS)
+  # One fall is enough to stop (the study waits for 5), so that a 3-epoch run exercises a stop.
+  rules = early_stopping.StoppingRules(min_epochs=MIN_EXPORTS, max_epochs=MAX_EPOCHS,
+                                       patience_fall=1)
   cfg = trainer_lib.TrainConfig(seed=2, rules=rules)
   assert cfg.bn_eval == 'original' and rules.reading == 'original'  # the defaults
   trainer = trainer_lib.ZooTrainer(CONFIGS, MODEL_IDS, data, NAMES, sizes, cfg)
@@ -147,6 +149,9 @@ def _zoo_vectors(trainer, result, exported, pos):
 
 def test_curves_and_stopping_equal_the_reference(zoo_and_references):
   trainer, result, _, refs = zoo_and_references
+  # One net stopped early and one ran to the cap: both paths are compared.
+  assert sorted(result.stopping.status) == [early_stopping.EARLY_STOPPED,
+                                            early_stopping.EPOCH_CAP]
   for pos, (curves, _, stop_export) in enumerate(refs):
     epochs = int(result.stopping.epochs[pos])
     assert epochs + 1 == stop_export
