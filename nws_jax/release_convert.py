@@ -40,10 +40,10 @@ zoo.load_zoo reads, streaming net by net: snapshots are written as Orbax chunks 
 
 Both write into a hidden temporary sibling of `out` (.<name>.partial-…, zoo.OutputFolder) and
 rename it into place when complete: `out` must be absent or empty unless overwrite, and with
-overwrite the old folder is removed only once the new one is complete. Overwrite never replaces a
-folder of another kind (zoo.folder_kind: an export replaces neither a zoo nor a meta-classifier
-run, an import neither a release nor a meta-classifier run), nor one that holds an input or lies
-inside one. An error or crash leaves `out` untouched (a crash may leave the hidden .partial- folder
+overwrite the old folder is removed only once the new one is complete. Overwrite replaces only a
+folder this project wrote as the same kind (its marker file, zoo.replace_refusal: an export
+replaces only an export, an import only a zoo), never a folder of the user's, nor one that holds
+an input or lies inside one. An error or crash leaves `out` untouched (a crash may leave the hidden .partial- folder
 behind).
 """
 
@@ -76,11 +76,11 @@ CURVE_COLUMNS = ('model_id', 'epoch', 'train_accuracy', 'valid_accuracy', 'test_
 # --- the output folder ------------------------------------------------------------------------
 
 def _check_out(out: str, overwrite: bool, protect: Sequence[str] = (),
-               kind: str | None = None) -> None:
+               kind: str = 'release') -> None:
   """Raises FileExistsError unless `out` may be written: absent, an empty folder, or (with
-  overwrite) a folder that holds nothing of another kind than `kind` (zoo.folder_kind: an
-  export must not replace a zoo or a meta-classifier run, nor an import a release) and that
-  neither holds nor lies inside one of the inputs in `protect`."""
+  overwrite) a folder this project wrote as a `kind` (its marker file, zoo.replace_refusal: an
+  export replaces only a release export, an import only a zoo) that neither holds nor lies
+  inside one of the inputs in `protect`."""
   if not out:
     raise ValueError('no output folder given')
   if not os.path.lexists(out):
@@ -95,11 +95,10 @@ def _check_out(out: str, overwrite: bool, protect: Sequence[str] = (),
   clash = zoo_lib.input_clash(out, protect)
   if clash:
     raise FileExistsError(f'{out} {clash}')
-  found = zoo_lib.folder_kind(out)
-  if kind is not None and found not in (None, kind):
-    raise FileExistsError(f'{out} holds {zoo_lib.KIND_NAMES[found]}, not '
-                          f'{zoo_lib.KIND_NAMES[kind].split(" (")[0]}; --overwrite replaces '
-                          'only that kind (choose another folder)')
+  refusal = zoo_lib.replace_refusal(out, kind, 'export_nws' if kind == 'release'
+                                    else 'import_nws or train_zoo')
+  if refusal:
+    raise FileExistsError(f'{out} {refusal}')
 
 
 def _folder_bytes(folder: str) -> int:
@@ -198,6 +197,7 @@ def export_zoo(zoo_dir: str, out: str, *, test_fraction: float = 0.2, seed: int 
   names = {int(i): f'{prefix}_{int(table["model_id"].iloc[i]):06d}' for i in rows}
 
   with zoo_lib.OutputFolder(out, lambda o: _check_out(o, overwrite, kind='release')) as tmp:
+    zoo_lib.write_marker(tmp, 'release')
     for i, (errors, stat) in _progress(list(zip(rows, curves)), progress, 'exporting nets'):
       properties = table.iloc[int(i)][list(space.PROPERTY_NAMES)].to_dict()
       release_lib.write_net(os.path.join(tmp, NETS_DIR, names[int(i)]),
@@ -288,6 +288,7 @@ def import_release(csv_paths: Sequence[str] | str, out: str, *, on_damaged: str 
   pending, pending_numbers, pending_bytes, chunks, total = [], [], 0, 0, 0
 
   with zoo_lib.OutputFolder(out, lambda o: _check_out(o, overwrite, kind='zoo')) as tmp:
+    zoo_lib.write_marker(tmp, 'zoo')
     writer = snapshots_lib.ChunkWriter(os.path.join(tmp, zoo_lib.SNAPSHOTS_DIR))
 
     def flush():

@@ -50,6 +50,45 @@ KIND_NAMES = {'meta': "a meta-classifier run (train_meta's workdir)",
               'study': "a study (the workdir of an experiments/ script)"}
 
 
+# Every folder this project writes as a whole (a zoo, a meta-classifier run, a release export)
+# carries this file, naming its kind. --overwrite replaces only a folder that carries it with the
+# right kind: a folder of the user's is never deleted, whatever files it holds.
+MARKER_FILE = '.nws_jax.json'
+
+
+def write_marker(folder: str, kind: str) -> None:
+  """Marks `folder` as written by this project, as a `kind` (a key of KIND_NAMES)."""
+  write_json_atomic({'kind': kind, 'written_by': 'nws_jax'}, os.path.join(folder, MARKER_FILE))
+
+
+def marked_kind(folder: str) -> str | None:
+  """The kind named by `folder`'s marker file, or None (no marker, or not readable as one)."""
+  path = os.path.join(folder, MARKER_FILE)
+  if not os.path.isfile(path) or os.path.islink(path):
+    return None
+  try:
+    with open(path) as f:
+      kind = json.load(f).get('kind')
+  except (OSError, ValueError, AttributeError):
+    return None
+  return kind if kind in KIND_NAMES else None
+
+
+def replace_refusal(folder: str, kind: str, command: str) -> str | None:
+  """Why --overwrite must not replace the non-empty `folder` with a new `kind`, or None when it
+  may: only a folder this project wrote as that kind (its marker file) may be replaced."""
+  found = folder_kind(folder)
+  marked = marked_kind(folder)
+  if marked == kind:
+    return None
+  if marked is not None or found not in (None, kind):
+    return (f'holds {KIND_NAMES[marked or found]}; --overwrite replaces only '
+            f'{KIND_NAMES[kind].split(" (")[0]} (choose another folder)')
+  return (f'was not written by {command} (no {MARKER_FILE} naming it '
+          f'{KIND_NAMES[kind].split(" (")[0]}); --overwrite replaces only such a folder, so '
+          'nothing of yours is deleted: choose another folder, or empty it yourself')
+
+
 class ZooError(RuntimeError):
   """A workdir that is not a readable, finished zoo."""
 

@@ -158,6 +158,9 @@ def check_workdir(workdir: str, config: ZooConfig, *, resume: bool, overwrite: b
     raise WorkdirError(f'workdir {workdir} exists and is not a directory')
   exists = os.path.isdir(workdir) and os.listdir(workdir)
   if exists and overwrite:
+    refusal = zoo_lib.replace_refusal(workdir, 'zoo', 'train_zoo')
+    if refusal:
+      raise WorkdirError(f'workdir {workdir} {refusal}')
     return 'overwrite'
   if exists and resume:
     if load_config(workdir) != config:
@@ -363,6 +366,7 @@ def build_zoo(config: ZooConfig, workdir: str, *, resume: bool = False, overwrit
   resuming = prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
   primary = distributed.is_primary()
   if not resuming and primary:
+    zoo_lib.write_marker(workdir, 'zoo')
     zoo_lib.write_json_atomic({'zoo': config.to_json(), 'nws_jax': nws_jax.__version__,
                                'jax': jax.__version__, 'backend': jax.default_backend(),
                                'devices': jax.device_count(),

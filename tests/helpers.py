@@ -15,10 +15,15 @@ def file_state(directory):
   return state
 
 
-def occupied_folder(path, name='keep.txt', text='mine'):
-  """Creates folder `path` holding one file; returns its file_state, to check it is left alone."""
+def occupied_folder(path, name='keep.txt', text='mine', kind=None):
+  """Creates folder `path` holding one file; returns its file_state, to check it is left alone.
+  kind: also mark it as a folder this project wrote as that kind (`zoo.write_marker`), one that
+  --overwrite may replace."""
   path.mkdir()
   (path / name).write_text(text)
+  if kind is not None:
+    from nws_jax import zoo as zoo_lib
+    zoo_lib.write_marker(str(path), kind)
   return file_state(path)
 
 

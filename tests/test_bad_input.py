@@ -106,6 +106,14 @@ def notes(d, name='out'):
   return path
 
 
+def look_alike(d, *names):
+  """A user's folder holding files named as this project's outputs (notes.txt beside them)."""
+  path = notes(d)
+  for name in names:
+    write(os.path.join(path, name), '{"mine": true}')
+  return path
+
+
 def a_file(d, name='out'):
   path = os.path.join(d, name)
   write(path, 'a file, not a folder')
@@ -181,6 +189,11 @@ TRAIN_META = {
         f'--zoo={i.zoo}', f'--workdir={i.zoo_copy(d, name="other_zoo")}', '--overwrite']),
     'overwrite_a_release': ('holds a release', lambda i, d: TM + [
         f'--zoo={i.zoo}', f'--workdir={i.release_copy(d)}', '--overwrite']),
+    'overwrite_a_user_folder': ('was not written by train_meta', lambda i, d: TM + [
+        f'--zoo={i.zoo}', f'--workdir={notes(d)}', '--overwrite']),
+    'overwrite_a_look_alike': ('was not written by train_meta', lambda i, d: TM + [
+        f'--zoo={i.zoo}', f'--workdir={look_alike(d, "run.json", "split.json")}',
+        '--overwrite']),
     'overwrite_the_zoo_read': ('holds the input', lambda i, d: TM + [
         f'--zoo={i.zoo_copy(notes(d, "outer"))}', f'--workdir={d}/outer', '--overwrite']),
     'overwrite_inside_the_zoo_read': ('lies inside the input', lambda i, d: TM + [
@@ -252,6 +265,10 @@ EXPORT_NWS = {
         f'--zoo={i.zoo}', f'--out={i.zoo_copy(d, name="other_zoo")}', '--overwrite']),
     'overwrite_a_meta_workdir': ('holds a meta-classifier run', lambda i, d: EX + [
         f'--zoo={i.zoo}', f'--out={i.meta_copy(d)}', '--overwrite']),
+    'overwrite_a_user_folder': ('was not written by export_nws', lambda i, d: EX + [
+        f'--zoo={i.zoo}', f'--out={notes(d)}', '--overwrite']),
+    'overwrite_a_look_alike': ('was not written by export_nws', lambda i, d: EX + [
+        f'--zoo={i.zoo}', f'--out={look_alike(d, "train.csv", "test.csv")}', '--overwrite']),
     'overwrite_the_zoo_read': ('holds the input', lambda i, d: EX + [
         f'--zoo={i.zoo_copy(d)}', f'--out={d}/zoo', '--overwrite']),
     'overwrite_inside_the_zoo_read': ('lies inside the input', lambda i, d: EX + [
@@ -296,6 +313,10 @@ IMPORT_NWS = {
         f'--csv={i.release}/train.csv', f'--out={i.release_copy(d)}', '--overwrite']),
     'overwrite_a_meta_workdir': ('holds a meta-classifier run', lambda i, d: IM + [
         f'--csv={i.release}/train.csv', f'--out={i.meta_copy(d)}', '--overwrite']),
+    'overwrite_a_user_folder': ('was not written by import_nws', lambda i, d: IM + [
+        f'--csv={i.release}/train.csv', f'--out={notes(d)}', '--overwrite']),
+    'overwrite_a_look_alike': ('was not written by import_nws', lambda i, d: IM + [
+        f'--csv={i.release}/train.csv', f'--out={look_alike(d, "models.csv")}', '--overwrite']),
     'overwrite_the_release_read': ('holds the input', lambda i, d: IM + [
         f'--csv={i.release_copy(d)}/train.csv', f'--out={d}/release', '--overwrite']),
 }

@@ -37,7 +37,7 @@ def exported(synthetic_zoo_dir, tmp_path_factory):
 
 def test_export_writes_split_csvs_by_model(exported):
   out, summary, _ = exported
-  assert sorted(os.listdir(out)) == ['nets', 'test.csv', 'train.csv']
+  assert sorted(os.listdir(out)) == [zoo_lib.MARKER_FILE, 'nets', 'test.csv', 'train.csv']
   train = pd.read_csv(os.path.join(out, 'train.csv'))
   test = pd.read_csv(os.path.join(out, 'test.csv'))
   assert list(train.columns) == list(release.SPLIT_COLUMNS)
@@ -178,8 +178,13 @@ def test_export_refuses_a_non_empty_out_and_leaves_it(synthetic_zoo_dir, tmp_pat
   with pytest.raises(FileExistsError, match='not empty'):
     release_convert.export_zoo(synthetic_zoo_dir, str(out))
   assert file_state(out) == before and sorted(os.listdir(tmp_path)) == ['out']
+  # A folder of the user's is not replaced, even with overwrite; one export_nws wrote is.
+  with pytest.raises(FileExistsError, match='was not written by export_nws'):
+    release_convert.export_zoo(synthetic_zoo_dir, str(out), overwrite=True)
+  assert file_state(out) == before and sorted(os.listdir(tmp_path)) == ['out']
+  zoo_lib.write_marker(str(out), 'release')
   release_convert.export_zoo(synthetic_zoo_dir, str(out), overwrite=True)
-  assert sorted(os.listdir(out)) == ['nets', 'test.csv', 'train.csv']
+  assert sorted(os.listdir(out)) == [zoo_lib.MARKER_FILE, 'nets', 'test.csv', 'train.csv']
   assert sorted(os.listdir(tmp_path)) == ['out']
   # An empty folder may be written without overwrite.
   (tmp_path / 'empty').mkdir()
@@ -208,7 +213,7 @@ def test_export_crash_leaves_out_untouched(synthetic_zoo_dir, tmp_path, monkeypa
   real = release.write_net
   monkeypatch.setattr(release, 'write_net', crash_on_fifth)
   out = tmp_path / 'out'
-  before = occupied_folder(out, 'old.txt', 'old release')
+  before = occupied_folder(out, 'old.txt', 'old release', kind='release')
   with pytest.raises(OSError, match='disk full'):
     release_convert.export_zoo(synthetic_zoo_dir, str(out), overwrite=True)
   assert file_state(out) == before and sorted(os.listdir(tmp_path)) == ['out']

@@ -348,7 +348,7 @@ def test_import_refuses_a_non_empty_out_and_leaves_it(hand, tmp_path):
 
 def test_import_overwrite_replaces_only_once_complete(hand, tmp_path):
   out = tmp_path / 'zoo'
-  before = occupied_folder(out)
+  before = occupied_folder(out, kind='zoo')  # a zoo this project wrote, and a file in it
   _nan_in_snapshot(hand['folder']['d'])  # the last net: found after chunks were written
   with pytest.raises(release.DamagedNetError):
     release_convert.import_release(csvs(hand), str(out), overwrite=True, chunk_mb=0.0005)

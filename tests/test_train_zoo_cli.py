@@ -83,3 +83,29 @@ def test_data_too_small_for_the_zoo_exits_2_before_touching_the_workdir(tmp_path
   assert result.returncode == 2
   error_line(result)
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize('names', [('notes.txt',), ('notes.txt', 'models.csv', 'config.json')])
+def test_overwrite_refuses_a_folder_train_zoo_did_not_write(tmp_path, names):
+  # A user's folder, even one holding files named as a zoo's: --overwrite never deletes it.
+  for name in names:
+    (tmp_path / name).write_text('keep me')
+  result = run_cli(f'--workdir={tmp_path}', '--num_models=1', '--num_train=300', '--overwrite')
+  assert result.returncode == 2
+  assert 'was not written by train_zoo' in error_line(result)
+  assert sorted(os.listdir(tmp_path)) == sorted(names)
+  assert all((tmp_path / name).read_text() == 'keep me' for name in names)
+
+
+def test_overwrite_accepts_only_a_marked_zoo(tmp_path):
+  from nws_jax import zoo as zoo_lib
+  from nws_jax import zoo_builder
+  config = zoo_builder.ZooConfig(num_models=1)
+  zoo_dir, meta_dir = tmp_path / 'zoo', tmp_path / 'meta'
+  for folder, kind in ((zoo_dir, 'zoo'), (meta_dir, 'meta')):
+    folder.mkdir()
+    zoo_lib.write_marker(str(folder), kind)
+  assert zoo_builder.check_workdir(str(zoo_dir), config, resume=False, overwrite=True) == \
+      'overwrite'
+  with pytest.raises(zoo_builder.WorkdirError, match='holds a meta-classifier run'):
+    zoo_builder.check_workdir(str(meta_dir), config, resume=False, overwrite=True)

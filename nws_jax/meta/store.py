@@ -51,8 +51,9 @@ class MetaWorkdirError(RuntimeError):
 
 def check_workdir(workdir: str, *, overwrite: bool, protect: Sequence[str] = ()) -> None:
   """Raises MetaWorkdirError unless a run may be written to `workdir`: absent, an empty folder,
-  or, with overwrite, a folder that holds no zoo or release (zoo.folder_kind) and neither holds
-  nor lies inside one of the inputs in `protect` (the zoo, the release's CSVs and nets).
+  or, with overwrite, a meta-classifier run that train_meta wrote (its marker file:
+  zoo.replace_refusal) that neither holds nor lies inside one of the inputs in `protect` (the
+  zoo, the release's CSVs and nets).
   Touches nothing: the run is written elsewhere and moved into place (zoo.OutputFolder)."""
   if os.path.lexists(workdir) and not os.path.isdir(workdir):
     raise MetaWorkdirError(f'workdir {workdir} exists and is not a directory')
@@ -64,11 +65,9 @@ def check_workdir(workdir: str, *, overwrite: bool, protect: Sequence[str] = ())
   clash = zoo_lib.input_clash(workdir, protect)
   if clash:
     raise MetaWorkdirError(f'workdir {workdir} {clash} (--overwrite)')
-  kind = zoo_lib.folder_kind(workdir)
-  if kind in ('zoo', 'release'):
-    raise MetaWorkdirError(f'workdir {workdir} holds {zoo_lib.KIND_NAMES[kind]}, not a '
-                           'meta-classifier run; --overwrite replaces only a meta-classifier '
-                           'run (choose another workdir)')
+  refusal = zoo_lib.replace_refusal(workdir, 'meta', 'train_meta')
+  if refusal:
+    raise MetaWorkdirError(f'workdir {workdir} {refusal}')
 
 
 def _read_json(path: str):
@@ -89,6 +88,7 @@ def save_run(workdir: str, run: train_lib.MetaRun, source: dict,
   checkpointer.save(path, {'params': run.params, 'batch_stats': run.batch_stats}, force=True)
   checkpointer.wait_until_finished()
   checkpointer.close()
+  zoo_lib.write_marker(workdir, 'meta')
   zoo_lib.write_csv_atomic(run.history, os.path.join(workdir, HISTORY_FILE))
   split_lib.save_split(os.path.join(workdir, SPLIT_FILE), run.split)
   zoo_lib.write_json_atomic({'meta': run.config.to_json(), 'source': source},
