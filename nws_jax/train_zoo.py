@@ -86,7 +86,9 @@ flags.DEFINE_integer('num_processes', None, 'Processes of a multi-process run.')
 flags.DEFINE_integer('process_id', None, 'This process\'s index in [0, --num_processes).')
 flags.DEFINE_bool('multihost', False, 'Join the processes of a cluster that JAX detects by '
                   'itself (a TPU pod, SLURM) with jax.distributed.initialize().')
-flags.DEFINE_bool('overwrite', False, 'Delete a non-empty workdir and start again.')
+flags.DEFINE_bool('overwrite', False, 'Replace the zoo in --workdir (only a zoo train_zoo or '
+                  'import_nws wrote) with a new one, built beside it in .<name>.replacing and '
+                  'renamed into place once complete; the old zoo is whole until then.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 
 
@@ -131,7 +133,7 @@ def _config_from_flags():
 def _config_to_resume():
   """The workdir's saved config; a zoo flag given on the command line must agree with it."""
   from nws_jax import zoo_builder
-  saved = zoo_builder.load_config(FLAGS.workdir)
+  saved = zoo_builder.load_config(zoo_builder.resume_folder(FLAGS.workdir))
   given = _config_from_flags()
   for name in _ZOO_FLAGS:
     if FLAGS[name].present and getattr(given, name) != getattr(saved, name):

@@ -332,17 +332,28 @@ class OutputFolder:
     self._remove_parents()
 
   def _commit(self) -> None:
-    out = self.out
-    if not os.path.lexists(out) or (os.path.isdir(out) and not os.listdir(out)):
-      os.rename(self.tmp, out)  # replaces an empty folder atomically
-      return
-    self.check(out)  # became non-empty meanwhile, or overwrite: may it be replaced?
-    parent, name = os.path.split(self.tmp)
-    old = os.path.join(parent, name.replace('.partial-', '.old-', 1))
-    os.rename(out, old)
-    try:
-      os.rename(self.tmp, out)
-    except BaseException:
-      os.rename(old, out)
-      raise
-    shutil.rmtree(old, ignore_errors=True)
+    if not _absent_or_empty(self.out):
+      self.check(self.out)  # became non-empty meanwhile, or overwrite: may it be replaced?
+    move_into_place(self.tmp, self.out)
+
+
+def _absent_or_empty(folder: str) -> bool:
+  return not os.path.lexists(folder) or (os.path.isdir(folder) and not os.listdir(folder))
+
+
+def move_into_place(new: str, out: str) -> None:
+  """Renames the finished folder `new` to `out` (same filesystem). An empty or absent `out` is
+  replaced atomically; a non-empty one (the caller has checked that it may go) is first renamed
+  aside, and removed only once `new` is in its place (put back if that rename fails)."""
+  if _absent_or_empty(out):
+    os.rename(new, out)
+    return
+  parent, name = os.path.split(os.path.abspath(out))
+  old = tempfile.mkdtemp(dir=parent, prefix=f'.{name}.old-')
+  os.rename(out, old)  # replaces the empty folder mkdtemp made
+  try:
+    os.rename(new, out)
+  except BaseException:
+    os.rename(old, out)
+    raise
+  shutil.rmtree(old, ignore_errors=True)

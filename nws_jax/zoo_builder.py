@@ -2,7 +2,10 @@
 
 `build_zoo(config, workdir)` is everything `python -m nws_jax.train_zoo` does, callable from a
 test or a notebook. A workdir is created fresh, resumed from its last checkpoint, or (only
-when asked) overwritten; a non-empty workdir is otherwise refused before anything is touched.
+when asked, and only a zoo this project wrote) replaced: the new zoo is built in a hidden sibling
+and renamed into place once complete, so an interrupted overwrite leaves the old zoo whole (and
+`--resume` continues the replacement). A non-empty workdir is otherwise refused before anything
+is touched.
 
 The whole training state is checkpointed with Orbax every `checkpoint_every` rounds
 (asynchronously, after that round's exports are on disk) and when the process gets SIGTERM
@@ -150,24 +153,56 @@ def load_config(workdir: str) -> ZooConfig:
     raise WorkdirError(f'cannot resume {workdir}: {path} is not a zoo config ({e})') from None
 
 
+def replacement_folder(workdir: str) -> str:
+  """Where `--overwrite` builds the zoo that replaces `workdir`: a hidden sibling
+  (`.<name>.replacing`), renamed into place once the new zoo is complete. A fixed name, so that
+  every process of a run, and a later `--resume`, finds it."""
+  parent, name = os.path.split(os.path.abspath(workdir))
+  return os.path.join(parent, f'.{name}.replacing')
+
+
+def resume_folder(workdir: str) -> str:
+  """The folder a `--resume` of `workdir` continues: a replacement that `--overwrite` started
+  and that was stopped before it was complete, else `workdir` itself."""
+  pending = replacement_folder(workdir)
+  if zoo_lib.marked_kind(pending) == 'zoo' and os.path.isfile(
+      os.path.join(pending, zoo_lib.CONFIG_FILE)):
+    return pending
+  return workdir
+
+
+def _check_resumable(folder: str, config: ZooConfig) -> None:
+  if load_config(folder) != config:
+    raise WorkdirError(f'cannot resume {folder}: it was built with other options '
+                       f'(see {os.path.join(folder, zoo_lib.CONFIG_FILE)})')
+  if snapshots_lib.is_complete(os.path.join(folder, zoo_lib.SNAPSHOTS_DIR)):
+    raise WorkdirError(f'cannot resume {folder}: the zoo is already finished')
+
+
 def check_workdir(workdir: str, config: ZooConfig, *, resume: bool, overwrite: bool) -> str:
-  """What to do with the workdir, touching nothing: 'create', 'overwrite' or 'resume'."""
+  """What to do with the workdir, touching nothing: 'create', 'overwrite' (build the new zoo in
+  `replacement_folder(workdir)`, then swap it in) or 'resume' (continue `resume_folder`)."""
   if resume and overwrite:
     raise WorkdirError('choose one of resume and overwrite')
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f'workdir {workdir} exists and is not a directory')
   exists = os.path.isdir(workdir) and os.listdir(workdir)
+  if resume and resume_folder(workdir) != workdir:
+    _check_resumable(resume_folder(workdir), config)
+    return 'resume'
   if exists and overwrite:
     refusal = zoo_lib.replace_refusal(workdir, 'zoo', 'train_zoo')
+    if refusal is None and config.data_dir:
+      refusal = zoo_lib.input_clash(workdir, [config.data_dir])
     if refusal:
       raise WorkdirError(f'workdir {workdir} {refusal}')
+    pending = replacement_folder(workdir)
+    if os.path.lexists(pending) and zoo_lib.marked_kind(pending) != 'zoo':
+      raise WorkdirError(f'{pending}, where train_zoo builds the replacement of {workdir}, '
+                         'exists and was not written by train_zoo: move it away')
     return 'overwrite'
   if exists and resume:
-    if load_config(workdir) != config:
-      raise WorkdirError(f'cannot resume {workdir}: it was built with other options '
-                         f'(see {os.path.join(workdir, zoo_lib.CONFIG_FILE)})')
-    if snapshots_lib.is_complete(os.path.join(workdir, zoo_lib.SNAPSHOTS_DIR)):
-      raise WorkdirError(f'cannot resume {workdir}: the zoo is already finished')
+    _check_resumable(workdir, config)
     return 'resume'
   if exists:
     raise WorkdirError(f'workdir {workdir} is not empty; pass --resume to continue it or '
@@ -175,20 +210,37 @@ def check_workdir(workdir: str, config: ZooConfig, *, resume: bool, overwrite: b
   return 'create'
 
 
-def prepare_workdir(workdir: str, config: ZooConfig, *, resume: bool, overwrite: bool) -> bool:
-  """Checks (and, with overwrite, clears) the workdir; returns True when resuming. With several
-  processes, process 0 changes the disk and the others wait for it."""
+def prepare_workdir(workdir: str, config: ZooConfig, *, resume: bool, overwrite: bool
+                    ) -> tuple[str, bool]:
+  """Checks the workdir and makes ready the folder to build in; returns (that folder, resuming).
+  The folder is `workdir`, or with overwrite (and a resume of an overwrite) its hidden
+  replacement: the old zoo stays whole until the new one is complete. With several processes,
+  process 0 changes the disk and the others wait for it."""
   action = check_workdir(workdir, config, resume=resume, overwrite=overwrite)
+  folder = (replacement_folder(workdir) if action == 'overwrite' else
+            resume_folder(workdir) if action == 'resume' else workdir)
   if distributed.is_primary():
-    if action == 'overwrite':
-      shutil.rmtree(workdir)
+    if action == 'overwrite' and os.path.lexists(folder):
+      shutil.rmtree(folder)  # an earlier replacement, stopped before it was complete
     if action == 'resume':
       # A snapshots save that crashed half-way.
-      shutil.rmtree(os.path.join(workdir, zoo_lib.SNAPSHOTS_DIR), ignore_errors=True)
+      shutil.rmtree(os.path.join(folder, zoo_lib.SNAPSHOTS_DIR), ignore_errors=True)
     else:
-      os.makedirs(workdir, exist_ok=True)
+      os.makedirs(folder, exist_ok=True)
   distributed.barrier('prepare_workdir')
-  return action == 'resume'
+  return folder, action == 'resume'
+
+
+def _replace_workdir(folder: str, workdir: str) -> None:
+  """Moves the finished zoo in `folder` to `workdir`, replacing the old zoo there only if it is
+  still one that train_zoo wrote (it might have been swapped for something else meanwhile)."""
+  if folder == workdir:
+    return
+  if os.path.isdir(workdir) and os.listdir(workdir):
+    refusal = zoo_lib.replace_refusal(workdir, 'zoo', 'train_zoo')
+    if refusal:
+      raise WorkdirError(f'the new zoo is complete in {folder}, but {workdir} {refusal}')
+  zoo_lib.move_into_place(folder, workdir)
 
 
 def load_datasets(config: ZooConfig) -> list[datasets_lib.Dataset]:
@@ -363,17 +415,17 @@ def build_zoo(config: ZooConfig, workdir: str, *, resume: bool = False, overwrit
   # size, a class missing) runs before the workdir is created, cleared or written.
   datasets = load_datasets(config)
   trainer = make_trainer(config, datasets=datasets, mesh=mesh)
-  resuming = prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
+  folder, resuming = prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
   primary = distributed.is_primary()
   if not resuming and primary:
-    zoo_lib.write_marker(workdir, 'zoo')
+    zoo_lib.write_marker(folder, 'zoo')
     zoo_lib.write_json_atomic({'zoo': config.to_json(), 'nws_jax': nws_jax.__version__,
                                'jax': jax.__version__, 'backend': jax.default_backend(),
                                'devices': jax.device_count(),
                                'processes': jax.process_count()},
-                              os.path.join(workdir, zoo_lib.CONFIG_FILE))
-  exports = snapshots_lib.ExportWriter(os.path.join(workdir, zoo_lib.EXPORTS_DIR))
-  checkpointer = _StateCheckpointer(os.path.join(workdir, zoo_lib.STATE_DIR))
+                              os.path.join(folder, zoo_lib.CONFIG_FILE))
+  exports = snapshots_lib.ExportWriter(os.path.join(folder, zoo_lib.EXPORTS_DIR))
+  checkpointer = _StateCheckpointer(os.path.join(folder, zoo_lib.STATE_DIR))
   try:
     restored = checkpointer.restore(trainer) if resuming else None
   except WorkdirError:
@@ -397,8 +449,10 @@ def build_zoo(config: ZooConfig, workdir: str, *, resume: bool = False, overwrit
       exports.wait()
       checkpointer.save(rounds, result._replace(seconds=time.time() - t0))
       if preempted:
+        where = workdir if folder == workdir else (
+            f'{folder} (the zoo in {workdir} stays as it was until the new one is complete)')
         raise Preempted(f'stopped by SIGTERM after round {rounds}; its checkpoint is saved '
-                        f'in {workdir}: continue with --resume')
+                        f'in {where}: continue with --resume')
 
     def save_export(number, arrays):
       exports.save(number, tuple(sharding.to_host(a) for a in arrays))
@@ -420,12 +474,13 @@ def build_zoo(config: ZooConfig, workdir: str, *, resume: bool = False, overwrit
   table['seconds'] = time.time() - t0
   if primary:
     zoo_lib.write_csv_atomic(curves_table(trainer, result),
-                             os.path.join(workdir, zoo_lib.CURVES_FILE))
-    zoo_lib.write_csv_atomic(table, os.path.join(workdir, zoo_lib.MODELS_FILE))
-  snapshots_lib.save_snapshots(os.path.join(workdir, zoo_lib.SNAPSHOTS_DIR), snaps, numbers)
+                             os.path.join(folder, zoo_lib.CURVES_FILE))
+    zoo_lib.write_csv_atomic(table, os.path.join(folder, zoo_lib.MODELS_FILE))
+  snapshots_lib.save_snapshots(os.path.join(folder, zoo_lib.SNAPSHOTS_DIR), snaps, numbers)
   distributed.barrier('zoo_written')
   if primary:
-    shutil.rmtree(os.path.join(workdir, zoo_lib.EXPORTS_DIR), ignore_errors=True)
-    shutil.rmtree(os.path.join(workdir, zoo_lib.STATE_DIR), ignore_errors=True)
+    shutil.rmtree(os.path.join(folder, zoo_lib.EXPORTS_DIR), ignore_errors=True)
+    shutil.rmtree(os.path.join(folder, zoo_lib.STATE_DIR), ignore_errors=True)
+    _replace_workdir(folder, workdir)
   distributed.barrier('zoo_cleaned')
   return zoo_lib.load_zoo(workdir)

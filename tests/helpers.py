@@ -35,10 +35,10 @@ def positive(row, *fields):
     assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (field, row)
 
 
-def build_crashing_after(config, workdir, rounds, check=None):
-  """Runs `build_zoo(config, workdir)` until its checkpoint of round `rounds` is saved, then
-  crashes it (KeyboardInterrupt, caught here), as a preempted run would stop; check(result),
-  when given, sees that round's result."""
+def build_crashing_after(config, workdir, rounds, check=None, **options):
+  """Runs `build_zoo(config, workdir, **options)` until its checkpoint of round `rounds` is
+  saved, then crashes it (KeyboardInterrupt, caught here), as a preempted run would stop;
+  check(result), when given, sees that round's result."""
   import pytest
   from nws_jax import zoo_builder
   save = zoo_builder._StateCheckpointer.save
@@ -54,7 +54,7 @@ def build_crashing_after(config, workdir, rounds, check=None):
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(zoo_builder._StateCheckpointer, 'save', save_then_crash)
     with pytest.raises(KeyboardInterrupt):
-      zoo_builder.build_zoo(config, workdir)
+      zoo_builder.build_zoo(config, workdir, **options)
 
 
 class MemoryWriter:

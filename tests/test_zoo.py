@@ -13,6 +13,8 @@ from nws_jax import space
 from nws_jax import zoo as zoo_lib
 from nws_jax import zoo_builder
 from helpers import build_crashing_after
+from helpers import file_state
+from helpers import occupied_folder
 
 CONFIG = zoo_builder.ZooConfig(num_models=2, seed=0, datasets=('gratings', 'digits'),
                                max_epochs=3, min_epochs=1, num_train=600, num_test=100)
@@ -114,3 +116,34 @@ def test_load_zoo_names_what_is_missing(tmp_path):
   (tmp_path / 'config.json').write_text('{}')
   with pytest.raises(zoo_lib.ZooError, match='models.csv is missing'):
     zoo_lib.load_zoo(str(tmp_path))
+
+
+def test_an_interrupted_overwrite_leaves_the_old_zoo_whole_and_resume_completes_it(built,
+                                                                                   tmp_path):
+  workdir = tmp_path / 'zoo'
+  old = occupied_folder(workdir, kind='zoo')  # a zoo this project wrote: --overwrite may go
+  build_crashing_after(CONFIG, str(workdir), 1, overwrite=True)
+  assert file_state(workdir) == old
+  pending = zoo_builder.replacement_folder(str(workdir))
+  assert zoo_builder.resume_folder(str(workdir)) == pending
+  resumed = zoo_builder.build_zoo(CONFIG, str(workdir), resume=True)
+  np.testing.assert_array_equal(resumed.snapshots.flat, built.snapshots.flat)
+  assert resumed.workdir == str(workdir) and not (workdir / 'keep.txt').exists()
+  assert sorted(os.listdir(tmp_path)) == ['zoo']  # no replacement or old copy left beside it
+
+
+def test_overwrite_refuses_a_stranger_in_the_replacement_place_or_a_data_dir_inside(tmp_path):
+  workdir = tmp_path / 'zoo'
+  occupied_folder(workdir, kind='zoo')
+  config = zoo_builder.ZooConfig(num_models=1, data_dir=str(workdir / 'tfds'))
+  with pytest.raises(zoo_builder.WorkdirError, match='holds the input'):
+    zoo_builder.check_workdir(str(workdir), config, resume=False, overwrite=True)
+  config = zoo_builder.ZooConfig(num_models=1)
+  assert zoo_builder.check_workdir(str(workdir), config, resume=False,
+                                   overwrite=True) == 'overwrite'
+  pending = zoo_builder.replacement_folder(str(workdir))
+  os.mkdir(pending)
+  with open(os.path.join(pending, 'mine.txt'), 'w') as f:
+    f.write('a file of the user')
+  with pytest.raises(zoo_builder.WorkdirError, match='not written by train_zoo'):
+    zoo_builder.check_workdir(str(workdir), config, resume=False, overwrite=True)
