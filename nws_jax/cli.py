@@ -6,6 +6,7 @@ Light on purpose (no JAX), so that --help and flag errors stay fast.
 
 from __future__ import annotations
 
+import logging as python_logging
 import os
 import sys
 from typing import Callable, NoReturn
@@ -45,10 +46,24 @@ def _quiet_closed_loop(previous):
   return hook
 
 
+class _QuietBackgroundSaves(python_logging.Filter):
+  """Drops the errors Orbax logs, traceback and all, from its background save threads when a
+  save fails (a full disk: one per thread, three or more): waiting for the save raises the same
+  error in the main thread, which reports it as its one line."""
+
+  _MESSAGES = ('_SignalingThread.run() raised an exception',
+               'Handler Commit operations or the Commit callback in background save thread')
+
+  def filter(self, record) -> bool:
+    message = record.getMessage()
+    return not any(text in message for text in self._MESSAGES)
+
+
 def begin(prog: str, argv, required: tuple[str, ...] = ()) -> None:
   """The start of every main: no positional arguments, each flag in `required` given, absl
   logging at WARNING unless --verbosity is given (Orbax logs every read and save at INFO), and no
-  stray traceback after a damaged checkpoint's error (`_quiet_closed_loop`)."""
+  stray traceback after a damaged checkpoint's error (`_quiet_closed_loop`) or a failed save
+  (`_QuietBackgroundSaves`)."""
   if len(argv) > 1:
     fail(prog, f'unexpected arguments: {" ".join(argv[1:])}')
   for name in required:
@@ -58,6 +73,9 @@ def begin(prog: str, argv, required: tuple[str, ...] = ()) -> None:
     logging.set_verbosity(logging.WARNING)
   if not getattr(sys.unraisablehook, 'quiet_closed_loop', False):
     sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
+  absl_logger = logging.get_absl_logger()
+  if not any(isinstance(f, _QuietBackgroundSaves) for f in absl_logger.filters):
+    absl_logger.addFilter(_QuietBackgroundSaves())
 
 
 def flags_parser(prog: str) -> Callable:

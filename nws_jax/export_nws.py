@@ -8,9 +8,11 @@ out/test.csv (split by model, seeded). Models that failed to train are left out,
 left them out, unless --include_failed. stat.bin's seconds is the whole zoo's wall time (its nets
 trained together). See nws_jax/release_convert.py for every field.
 Exit code 2, with one line on stderr, for bad flags, a zoo that cannot be read (missing, damaged
-or truncated files) or predates steps_per_epoch, a split that leaves a side empty, or an --out
-that is not empty (unless --overwrite; never a zoo, a meta-classifier run, or a folder holding or
-inside the zoo); nothing is written then.
+or truncated files) or predates steps_per_epoch, a split that leaves a side empty, an --out
+inside the zoo, or one that is not empty (unless --overwrite; never a zoo, a meta-classifier run,
+or a folder holding the zoo), or an --out that another nws_jax command is writing (its lock,
+nws_jax/workdir_lock.py); nothing is written then. Out of disk space, exit 2 with one line naming
+the file it was writing (`cannot write …: No space left on device`), and nothing left behind.
 """
 
 import functools
@@ -19,6 +21,7 @@ from absl import app
 from absl import flags
 
 from nws_jax import cli
+from nws_jax import workdir_lock
 
 FLAGS = flags.FLAGS
 
@@ -46,8 +49,8 @@ def main(argv):
         FLAGS.zoo, FLAGS.out, test_fraction=FLAGS.test_fraction, seed=FLAGS.seed,
         include_failed=FLAGS.include_failed, prefix=FLAGS.prefix, overwrite=FLAGS.overwrite,
         progress=FLAGS.progress)
-  except (ValueError, OSError, zoo_lib.ZooError) as e:
-    _fail(' '.join(str(e).split()))
+  except (ValueError, OSError, zoo_lib.ZooError, workdir_lock.LockedError) as e:
+    _fail(' '.join(str(zoo_lib.no_space_error(e, FLAGS.out) or e).split()))
   print(f'{summary["nets"]} nets ({summary["train"]} in train.csv, {summary["test"]} in test.csv'
         f', {summary["left_out_failed"]} failed left out), {summary["bytes"] / 2**20:.1f} MiB in '
         f'{summary["out"]}')

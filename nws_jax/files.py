@@ -18,6 +18,10 @@ def write_atomic(path: str, write: Callable[[IO], object], mode: str = 'wb') -> 
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
+  except OSError as e:
+    if e.filename is None:
+      e.filename = path  # a failed write (a full disk) names no file: the one being written
+    raise
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)

@@ -11,9 +11,11 @@ wrong-size files, non-finite weights) fails the import, naming it, or with --on_
 left out and listed in config.json; --scan_nans reads every net once more up front to find
 non-finite weights before anything is written. See nws_jax/release_convert.py.
 Exit code 2, with one line on stderr, for bad flags, an unreadable CSV (or values outside
-PROTOCOL §1, an unknown dataset), a damaged net (unless skipped), or an --out that is not empty
-(unless --overwrite; never a release, a meta-classifier run, or a folder holding or inside the
-inputs); nothing is written then.
+PROTOCOL §1, an unknown dataset), a damaged net (unless skipped), an --out inside the inputs
+(the release folder of the CSVs too), or one that is not empty (unless --overwrite; never a
+release, a meta-classifier run, or a folder holding the inputs), or an --out that another nws_jax
+command is writing (its lock, nws_jax/workdir_lock.py); nothing is written then. Out of disk
+space, exit 2 with one line naming what it was writing, and nothing left behind.
 """
 
 import functools
@@ -22,6 +24,7 @@ from absl import app
 from absl import flags
 
 from nws_jax import cli
+from nws_jax import workdir_lock
 
 FLAGS = flags.FLAGS
 
@@ -49,8 +52,8 @@ def main(argv):
     summary = release_convert.import_release(
         FLAGS.csv, FLAGS.out, on_damaged=FLAGS.on_damaged, scan_nans=FLAGS.scan_nans,
         chunk_mb=FLAGS.chunk_mb, overwrite=FLAGS.overwrite, progress=FLAGS.progress)
-  except (ValueError, OSError, zoo_lib.ZooError) as e:
-    _fail(' '.join(str(e).split()))
+  except (ValueError, OSError, zoo_lib.ZooError, workdir_lock.LockedError) as e:
+    _fail(' '.join(str(zoo_lib.no_space_error(e, FLAGS.out) or e).split()))
   print(f'{summary["models"]} nets imported ({summary["damaged"]} damaged left out), '
         f'{summary["bytes"] / 2**20:.1f} MiB of float32 snapshots in {summary["chunks"]} chunks '
         f'in {summary["out"]}')

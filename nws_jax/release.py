@@ -21,6 +21,10 @@ weightn_fc) bytes, meta.csv agreeing with the CSV row where present; property va
 non-finite or beyond float32; every slice and vector read is checked for them too. A damaged net
 either fails the open (`on_damaged='fail'`, naming its path and what is wrong) or is left out and
 listed in `Release.damaged` (`'skip'`); a non-finite value met later always fails with the path.
+Every file is os.stat-ed before any open (`checked_file`): it must be a regular file (a symbolic
+link to one is fine) within its size bound, so a FIFO (whose open blocks) or a link to /dev/zero
+is a damaged net (a bad split CSV: ReleaseError), never a hang; nets are compared by real path,
+so one listed again through a symbolic link is refused as listed more than once.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import concurrent.futures
 import csv
 import dataclasses
 import os
+import stat as stat_lib
 from typing import Sequence
 
 import numpy as np
@@ -52,17 +57,19 @@ ON_DAMAGED = ('fail', 'skip')
 _BOOL_PROPERTIES = ('batch_norm', 'augmentation')
 _FLOAT_PROPERTIES = ('lrate',)
 _STR_PROPERTIES = ('dataset',)
-# Values PROTOCOL §1 allows for the integer-coded properties.
-_DOMAINS = dict(batch_size=space.BATCH_SIZES, optimizer=range(len(space.OPTIMIZERS)),
-                activation=range(len(space.ACTIVATIONS)),
-                initialization=range(len(space.INITIALIZATIONS)),
-                filter_size=space.FILTER_SIZES, depth_conv=space.DEPTHS_CONV,
-                depth_fc=space.DEPTHS_FC, width_conv=space.WIDTHS_CONV, width_fc=space.WIDTHS_FC)
 _TRUE = {'true', '1', '1.0', 'yes'}
 _FALSE = {'false', '0', '0.0', 'no'}
 # Threads overlap cold reads (disk latency); warm reads are CPU-bound, so no more than the cores.
 _READ_THREADS = min(8, os.cpu_count() or 1)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Upper bounds on the files read whole (bytes), checked before they are opened.
+SPLIT_CSV_LIMIT = 2 ** 30
+META_LIMIT = 2 ** 20
+ERROR_LIMIT = 2 ** 20  # 26,214 rows of 5 float64; PROTOCOL §3 trains at most 1000 epochs
+STAT_LIMIT = len(STAT_FIELDS) * DTYPE.itemsize
+# A net's other files: name -> (upper bound in bytes, role named in errors).
+_SIDE_FILES = {META_FILE: (META_LIMIT, 'a meta.csv'), ERROR_FILE: (ERROR_LIMIT, 'an error.bin'),
+               STAT_FILE: (STAT_LIMIT, 'a stat.bin')}
 
 
 class ReleaseError(ValueError):
@@ -76,6 +83,40 @@ class DamagedNetError(ReleaseError):
 def weight_file(folder: str, number: int) -> str:
   """Path of snapshot `number` (1-based) of the net in `folder`: weights/001.bin … 020.bin."""
   return os.path.join(folder, WEIGHTS_DIR, f'{number:03d}.bin')
+
+
+_KINDS = ((stat_lib.S_ISDIR, 'a folder'), (stat_lib.S_ISFIFO, 'a FIFO'),
+          (stat_lib.S_ISCHR, 'a character device'), (stat_lib.S_ISBLK, 'a block device'),
+          (stat_lib.S_ISSOCK, 'a socket'))
+
+
+def _size_text(size: int) -> str:
+  """A byte count for people: '96 bytes', '1 MiB', '123.4 GiB'."""
+  for unit, scale in (('GiB', 2 ** 30), ('MiB', 2 ** 20), ('KiB', 2 ** 10)):
+    if size >= scale:
+      return f'{size / scale:.4g} {unit}'
+  return f'{size} bytes'
+
+
+def checked_file(path: str, size: int, what: str, *, exact: bool = False,
+                 error: type[ReleaseError] = DamagedNetError) -> str:
+  """`path`, once os.stat (through symbolic links) shows a regular file of at most `size` bytes
+  (exactly `size` with `exact`); raises `error` otherwise, one line naming the path and what it
+  is. `what` names the file's role ('a meta.csv'). Never opens the file: opening a FIFO blocks,
+  and a device such as /dev/zero never ends."""
+  try:
+    info = os.stat(path)
+  except OSError as e:
+    raise error(f'{path}: {e.strerror}') from e
+  if not stat_lib.S_ISREG(info.st_mode):
+    kind = next((name for is_kind, name in _KINDS if is_kind(info.st_mode)), 'special')
+    raise error(f'{path} is {kind}, not a regular file')
+  if exact and info.st_size != size:
+    raise error(f'{path} has {info.st_size} bytes, expected {size} ({what})')
+  if info.st_size > size:
+    raise error(f'{path} is {_size_text(info.st_size)}, more than the {_size_text(size)} '
+                f'{what} may hold')
+  return path
 
 
 # --- split CSVs -------------------------------------------------------------------------------
@@ -104,7 +145,7 @@ def _normalise(table: pd.DataFrame, where: str) -> pd.DataFrame:
       if (values != np.round(values)).any():
         raise ReleaseError(f'{where}: column {name!r} holds non-integer values')
       out[name] = values.astype(np.int64)
-  for name, allowed in _DOMAINS.items():
+  for name, allowed in space.PROPERTY_DOMAINS.items():
     bad = ~out[name].isin(allowed)
     if bad.any():
       raise ReleaseError(f'{where}: column {name!r} holds {out[name][bad].iloc[0].item()!r}; '
@@ -144,8 +185,9 @@ def _numeric(column: pd.Series, name: str, where: str) -> np.ndarray:
 def read_split_csv(path: str) -> pd.DataFrame:
   """One split CSV: the 13 properties (PROTOCOL encodings), weightn_conv, weightn_fc, `path`
   (absolute) and `csv` (this file), a row per net. Raises ReleaseError naming what is wrong."""
-  if not os.path.isfile(path):
+  if not os.path.exists(path):
     raise ReleaseError(f'no split CSV at {path}')
+  checked_file(path, SPLIT_CSV_LIMIT, 'a split CSV', error=ReleaseError)
   try:
     table = pd.read_csv(path, skipinitialspace=True)
   except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
@@ -171,14 +213,19 @@ def read_split_csv(path: str) -> pd.DataFrame:
 
 
 def read_split_csvs(paths: Sequence[str]) -> pd.DataFrame:
-  """Several split CSVs concatenated in order; a net listed twice is an error (it would leak
-  between meta-train and meta-test)."""
+  """Several split CSVs concatenated in order; a net listed twice, by the same path or through
+  a symbolic link (compared by real path), is an error (it would leak between meta-train and
+  meta-test)."""
   if not paths:
     raise ReleaseError('no split CSV given')
   table = pd.concat([read_split_csv(p) for p in paths], ignore_index=True)
-  twice = table['path'][table['path'].duplicated()]
+  real = table['path'].map(os.path.realpath)
+  twice = np.flatnonzero(real.duplicated().to_numpy())
   if len(twice):
-    raise ReleaseError(f'net {twice.iloc[0]} is listed more than once '
+    j = int(twice[0])
+    first, again = table['path'][real == real[j]].iloc[0], table['path'][j]
+    alias = '' if first == again else f' (again as {again}: both lead to {real[j]})'
+    raise ReleaseError(f'net {first} is listed more than once{alias} '
                        f'({len(twice)} duplicate rows in {", ".join(paths)})')
   return table
 
@@ -193,19 +240,27 @@ def write_split_csv(table: pd.DataFrame, path: str) -> None:
 
 def check_net(folder: str, n: int, num_snapshots: int = NUM_SNAPSHOTS) -> str | None:
   """What is wrong with the net in `folder` whose vectors have n weights, from the file system
-  alone, or None: a missing folder or weight file, or a weight file of the wrong size."""
+  alone, or None: a missing folder or weight file, a weight file of the wrong size, or a file
+  (weights, or meta.csv, error.bin, stat.bin where present) that is not a regular file or is
+  larger than its role allows (checked_file)."""
   if not os.path.isdir(folder):
     return 'folder missing'
-  for number in range(1, num_snapshots + 1):
-    path = weight_file(folder, number)
-    try:
-      size = os.stat(path).st_size
-    except FileNotFoundError:
-      return f'snapshot {number:03d}.bin missing'
-    if size != n * DTYPE.itemsize:
-      return (f'snapshot {number:03d}.bin has {size} bytes, expected {n * DTYPE.itemsize} '
-              f'({n} float64 weights = weightn_conv + weightn_fc)')
+  try:
+    for number in range(1, num_snapshots + 1):
+      path = weight_file(folder, number)
+      if not os.path.exists(path):
+        return f'snapshot {number:03d}.bin missing'
+      checked_file(path, n * DTYPE.itemsize, _weights_text(n), exact=True)
+    for name, (limit, what) in _SIDE_FILES.items():
+      if os.path.exists(os.path.join(folder, name)):
+        checked_file(os.path.join(folder, name), limit, what)
+  except DamagedNetError as e:
+    return str(e)
   return None
+
+
+def _weights_text(n: int) -> str:
+  return f'{n} float64 weights = weightn_conv + weightn_fc'
 
 
 def unusable(values: np.ndarray) -> np.ndarray:
@@ -222,8 +277,9 @@ def nonfinite_counts(folder: str, n: int, num_snapshots: int = NUM_SNAPSHOTS) ->
 
 def read_vector(folder: str, number: int, n: int) -> np.ndarray:
   """float64 [n]: snapshot `number` (1-based) of the net in `folder`."""
-  path = weight_file(folder, number)
-  vector = np.fromfile(path, dtype=DTYPE)
+  path = checked_file(weight_file(folder, number), n * DTYPE.itemsize, _weights_text(n),
+                      exact=True)
+  vector = np.fromfile(path, dtype=DTYPE, count=n + 1)  # bounded if it grew since
   if vector.size != n:
     raise DamagedNetError(f'{path}: {vector.size} weights, expected {n}')
   return vector
@@ -231,7 +287,7 @@ def read_vector(folder: str, number: int, n: int) -> np.ndarray:
 
 def read_properties(folder: str) -> dict:
   """meta.csv of a net: the 13 properties (PROTOCOL encodings)."""
-  path = os.path.join(folder, META_FILE)
+  path = checked_file(os.path.join(folder, META_FILE), *_SIDE_FILES[META_FILE])
   try:
     table = pd.read_csv(path, skipinitialspace=True)
   except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
@@ -245,8 +301,8 @@ def read_properties(folder: str) -> dict:
 
 def read_errors(folder: str) -> np.ndarray:
   """float64 [epochs, 5] of error.bin (ERROR_COLUMNS)."""
-  path = os.path.join(folder, ERROR_FILE)
-  values = np.fromfile(path, dtype=DTYPE)
+  path = checked_file(os.path.join(folder, ERROR_FILE), *_SIDE_FILES[ERROR_FILE])
+  values = np.fromfile(path, dtype=DTYPE, count=ERROR_LIMIT // DTYPE.itemsize)
   if values.size % len(ERROR_COLUMNS):
     raise DamagedNetError(f'{path}: {values.size} values, not rows of {len(ERROR_COLUMNS)}')
   return values.reshape(-1, len(ERROR_COLUMNS))
@@ -254,8 +310,8 @@ def read_errors(folder: str) -> np.ndarray:
 
 def read_stat(folder: str) -> np.ndarray:
   """float64 [4] of stat.bin (STAT_FIELDS)."""
-  path = os.path.join(folder, STAT_FILE)
-  values = np.fromfile(path, dtype=DTYPE)
+  path = checked_file(os.path.join(folder, STAT_FILE), *_SIDE_FILES[STAT_FILE])
+  values = np.fromfile(path, dtype=DTYPE, count=len(STAT_FIELDS) + 1)
   if values.size != len(STAT_FIELDS):
     raise DamagedNetError(f'{path}: {values.size} values, expected {len(STAT_FIELDS)}')
   return values
@@ -308,8 +364,10 @@ class Release:
     return len(self.table)
 
   def _read_one(self, model: int, snap: int, offset: int, length: int) -> np.ndarray:
-    path = weight_file(self._paths[model], snap + 1)
-    fd = os.open(path, os.O_RDONLY)
+    n = int(self.lengths[model])
+    path = checked_file(weight_file(self._paths[model], snap + 1), n * DTYPE.itemsize,
+                        _weights_text(n), exact=True)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # not blocked by a FIFO swapped in since
     try:
       data = os.pread(fd, length * DTYPE.itemsize, int(offset) * DTYPE.itemsize)
     finally:

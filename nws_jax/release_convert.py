@@ -44,7 +44,8 @@ overwrite the old folder is removed only once the new one is complete. Overwrite
 folder this project wrote as the same kind (its marker file, zoo.replace_refusal: an export
 replaces only an export, an import only a zoo), never a folder of the user's, nor one that holds
 an input or lies inside one. An error or crash leaves `out` untouched (a crash may leave the hidden .partial- folder
-behind).
+behind). Both hold `out`'s lock (workdir_lock.hold) while they run: a second writer of it is
+refused with workdir_lock.LockedError before it checks or writes anything.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ import nws_jax
 from nws_jax import release as release_lib
 from nws_jax import snapshots as snapshots_lib
 from nws_jax import space
+from nws_jax import workdir_lock
 from nws_jax import zoo as zoo_lib
 from nws_jax.meta import split as split_lib
 
@@ -77,12 +79,15 @@ CURVE_COLUMNS = ('model_id', 'epoch', 'train_accuracy', 'valid_accuracy', 'test_
 
 def _check_out(out: str, overwrite: bool, protect: Sequence[str] = (),
                kind: str = 'release') -> None:
-  """Raises FileExistsError unless `out` may be written: absent, an empty folder, or (with
-  overwrite) a folder this project wrote as a `kind` (its marker file, zoo.replace_refusal: an
-  export replaces only a release export, an import only a zoo) that neither holds nor lies
-  inside one of the inputs in `protect`."""
+  """Raises FileExistsError unless `out` may be written: not inside one of the inputs in
+  `protect`, and absent, an empty folder, or (with overwrite) a folder this project wrote as a
+  `kind` (its marker file, zoo.replace_refusal: an export replaces only a release export, an
+  import only a zoo) that holds none of them."""
   if not out:
     raise ValueError('no output folder given')
+  inside = zoo_lib.inside_input(out, protect)
+  if inside:
+    raise FileExistsError(f'{out} {inside}')
   if not os.path.lexists(out):
     return
   if not os.path.isdir(out) or os.path.islink(out):
@@ -99,6 +104,12 @@ def _check_out(out: str, overwrite: bool, protect: Sequence[str] = (),
                                     else 'import_nws or train_zoo')
   if refusal:
     raise FileExistsError(f'{out} {refusal}')
+
+
+def _release_folders(csv_paths: Sequence[str]) -> list[str]:
+  """The folders of `csv_paths` that hold a release (split CSVs beside their nets/)."""
+  folders = dict.fromkeys(os.path.dirname(os.path.abspath(p)) for p in csv_paths)
+  return [f for f in folders if zoo_lib.folder_kind(f) == 'release']
 
 
 def _folder_bytes(folder: str) -> int:
@@ -164,6 +175,7 @@ def _model_curves(zoo: zoo_lib.Zoo, rows: np.ndarray) -> list[tuple[np.ndarray, 
   return out
 
 
+@workdir_lock.holding('out', 'export_nws')
 def export_zoo(zoo_dir: str, out: str, *, test_fraction: float = 0.2, seed: int = 0,
                include_failed: bool = False, prefix: str = 'nwsjax', overwrite: bool = False,
                progress: bool = False) -> dict:
@@ -171,7 +183,8 @@ def export_zoo(zoo_dir: str, out: str, *, test_fraction: float = 0.2, seed: int 
 
   Returns {'out', 'nets', 'train', 'test', 'left_out_failed', 'bytes'}. Raises ZooError for a
   zoo that cannot be exported, FileExistsError for an `out` that may not be written, ValueError
-  (SplitError) when the nets cannot be split; nothing is written then.
+  (SplitError) when the nets cannot be split, workdir_lock.LockedError when another process is
+  writing `out`; nothing is written then.
   """
   if not prefix or prefix in ('.', '..') or '/' in prefix or os.sep in prefix:
     raise ValueError(f'prefix {prefix!r} cannot start a folder name')
@@ -261,6 +274,7 @@ def _whole(values: list[float]) -> pd.Series:
   return pd.Series(values)
 
 
+@workdir_lock.holding('out', 'import_nws')
 def import_release(csv_paths: Sequence[str] | str, out: str, *, on_damaged: str = 'fail',
                    scan_nans: bool = False, chunk_mb: float = 256, overwrite: bool = False,
                    progress: bool = False) -> dict:
@@ -268,7 +282,8 @@ def import_release(csv_paths: Sequence[str] | str, out: str, *, on_damaged: str 
 
   Returns {'out', 'models', 'damaged', 'chunks', 'bytes'} (bytes: the float32 snapshots). Raises
   ReleaseError (DamagedNetError for a damaged net with on_damaged='fail'), FileExistsError for an
-  `out` that may not be written, ValueError for bad options; nothing is written then.
+  `out` that may not be written, ValueError for bad options, workdir_lock.LockedError when another
+  process is writing `out`; nothing is written then.
   """
   if isinstance(csv_paths, str):
     csv_paths = [csv_paths]
@@ -278,7 +293,8 @@ def import_release(csv_paths: Sequence[str] | str, out: str, *, on_damaged: str 
   if on_damaged not in release_lib.ON_DAMAGED:
     raise ValueError(f'unknown on_damaged {on_damaged!r}; choose from: '
                      + ', '.join(release_lib.ON_DAMAGED))
-  _check_out(out, overwrite, protect=csv_paths, kind='zoo')
+  # The CSVs, and the release folder holding them: a zoo written inside it would change it.
+  _check_out(out, overwrite, protect=csv_paths + _release_folders(csv_paths), kind='zoo')
   release = release_lib.open_release(csv_paths, on_damaged=on_damaged, scan_nans=scan_nans,
                                      progress=progress)
   _check_out(out, overwrite, protect=release.table['path'].tolist(), kind='zoo')
@@ -362,5 +378,6 @@ def import_release(csv_paths: Sequence[str] | str, out: str, *, on_damaged: str 
                                'scan_nans': bool(scan_nans), 'damaged': damaged,
                                'num_models': len(rows), 'nws_jax': nws_jax.__version__},
                               os.path.join(tmp, zoo_lib.CONFIG_FILE))
+    zoo_lib.write_record(tmp)
   return {'out': os.path.abspath(out), 'models': len(rows), 'damaged': len(damaged),
           'chunks': chunks, 'bytes': total}

@@ -32,6 +32,14 @@ DEPTHS_FC = (2, 3, 4)
 WIDTHS_CONV = (4, 8, 12)
 WIDTHS_FC = (64, 128, 192)
 
+# The values PROTOCOL §1 allows for each property, except `dataset` (a name of nws_jax.datasets)
+# and `lrate` (a positive number; the study drew it from LRATE_RANGE).
+PROPERTY_DOMAINS = dict(
+    batch_size=BATCH_SIZES, batch_norm=(False, True), augmentation=(False, True),
+    optimizer=tuple(range(len(OPTIMIZERS))), activation=tuple(range(len(ACTIVATIONS))),
+    initialization=tuple(range(len(INITIALIZATIONS))), filter_size=FILTER_SIZES,
+    depth_conv=DEPTHS_CONV, depth_fc=DEPTHS_FC, width_conv=WIDTHS_CONV, width_fc=WIDTHS_FC)
+
 # nws_fixed: one architecture for every model (PROTOCOL §1, fixed-architecture mode).
 FIXED_ARCHITECTURE = dict(filter_size=5, depth_conv=3, depth_fc=2, width_conv=8, width_fc=128)
 

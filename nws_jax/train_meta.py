@@ -21,9 +21,11 @@ options, except those given as flags). Exit code 2, with one line on stderr and 
 as it was, for bad flags (out-of-range numbers too), a missing or damaged zoo (files that are not
 JSON or CSV, truncated, a snapshots checkpoint Orbax cannot read), an unknown or constant
 property, a slice longer than the weights, an empty snapshot range, a damaged release net (unless
---on_damaged=skip), a non-empty workdir (unless --overwrite; never one that holds a zoo or a
-release, or the nets read), or, with --evaluate_only, a workdir that holds no intact run. A run is
-written into a hidden sibling of the workdir and moved into place once complete.
+--on_damaged=skip), a workdir inside the nets read (the zoo), a non-empty workdir (unless
+--overwrite; never one that holds a zoo or a release, or the nets read), a workdir that another
+nws_jax command is writing (its lock, nws_jax/workdir_lock.py), or, with --evaluate_only, a
+workdir that holds no intact run; and out of disk space (one line naming what it was writing). A
+run is written into a hidden sibling of the workdir and moved into place once complete.
 """
 
 import functools
@@ -32,6 +34,7 @@ from absl import app
 from absl import flags
 
 from nws_jax import cli
+from nws_jax import workdir_lock
 
 FLAGS = flags.FLAGS
 
@@ -109,33 +112,36 @@ def main(argv):
   option_flags = ('ensemble_slices', 'positions', 'snapshot_slices', 'baseline',
                   'baseline_threads')
   try:
-    if FLAGS.evaluate_only:
-      # The run's saved evaluation options, except where a flag is given.
-      changed = {name: FLAGS[name].value for name in option_flags if FLAGS[name].present}
-      if FLAGS.nws_csv:
-        _fail('--evaluate_only reads the nets the run was trained on, or another --zoo')
-      results = pipeline.evaluate_workdir(FLAGS.workdir, options=changed, zoo_dir=FLAGS.zoo)
-    else:
-      first, last = slices_lib.parse_snapshot_range(FLAGS.snapshots)
-      config = train_lib.MetaConfig(
-          properties=tuple(FLAGS.properties) or None, slice_length=FLAGS.slice_length,
-          part=FLAGS.part, first_snapshot=first, last_snapshot=last, epochs=FLAGS.epochs,
-          batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
-          conv_widths=_int_list('conv_widths') or None, dense_widths=_int_list('dense_widths'),
-          seed=FLAGS.seed, test_fraction=FLAGS.test_fraction,
-          valid_fraction=FLAGS.valid_fraction, include_failed=FLAGS.include_failed,
-          bn_eval=FLAGS.bn_eval)
-      options = pipeline.EvalOptions(**{name: FLAGS[name].value for name in option_flags})
-      if FLAGS.nws_csv:
-        source = source_lib.from_release(FLAGS.nws_csv, FLAGS.nws_test_csv,
-                                         on_damaged=FLAGS.on_damaged, scan_nans=FLAGS.scan_nans,
-                                         progress=FLAGS.progress)
+    # One writer per workdir: a second train_meta on it is refused before anything.
+    with workdir_lock.hold(FLAGS.workdir, 'train_meta'):
+      if FLAGS.evaluate_only:
+        # The run's saved evaluation options, except where a flag is given.
+        changed = {name: FLAGS[name].value for name in option_flags if FLAGS[name].present}
+        if FLAGS.nws_csv:
+          _fail('--evaluate_only reads the nets the run was trained on, or another --zoo')
+        results = pipeline.evaluate_workdir(FLAGS.workdir, options=changed, zoo_dir=FLAGS.zoo)
       else:
-        source = FLAGS.zoo
-      results = pipeline.train_and_evaluate(config, source, FLAGS.workdir, options=options,
-                                            overwrite=FLAGS.overwrite, progress=FLAGS.progress)
-  except (ValueError, OSError, zoo_lib.ZooError, store.MetaWorkdirError) as e:
-    _fail(str(e))
+        first, last = slices_lib.parse_snapshot_range(FLAGS.snapshots)
+        config = train_lib.MetaConfig(
+            properties=tuple(FLAGS.properties) or None, slice_length=FLAGS.slice_length,
+            part=FLAGS.part, first_snapshot=first, last_snapshot=last, epochs=FLAGS.epochs,
+            batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+            conv_widths=_int_list('conv_widths') or None, dense_widths=_int_list('dense_widths'),
+            seed=FLAGS.seed, test_fraction=FLAGS.test_fraction,
+            valid_fraction=FLAGS.valid_fraction, include_failed=FLAGS.include_failed,
+            bn_eval=FLAGS.bn_eval)
+        options = pipeline.EvalOptions(**{name: FLAGS[name].value for name in option_flags})
+        if FLAGS.nws_csv:
+          source = source_lib.from_release(FLAGS.nws_csv, FLAGS.nws_test_csv,
+                                           on_damaged=FLAGS.on_damaged, scan_nans=FLAGS.scan_nans,
+                                           progress=FLAGS.progress)
+        else:
+          source = FLAGS.zoo
+        results = pipeline.train_and_evaluate(config, source, FLAGS.workdir, options=options,
+                                              overwrite=FLAGS.overwrite, progress=FLAGS.progress)
+  except (ValueError, OSError, zoo_lib.ZooError, store.MetaWorkdirError,
+          workdir_lock.LockedError) as e:
+    _fail(zoo_lib.no_space_error(e, FLAGS.workdir) or e)  # a full disk: what was written
   print(pipeline.summary(results))
   failed = store.read_failed(FLAGS.workdir)  # None for a run saved before it was recorded
   if failed is not None:

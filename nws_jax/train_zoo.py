@@ -12,6 +12,7 @@ dataset, a workdir that is not empty (unless --resume or --overwrite) or a check
 cannot be read.
 """
 
+import contextlib
 import signal
 import sys
 
@@ -147,6 +148,7 @@ def main(argv):
   cli.begin('train_zoo', argv, required=('workdir',))
   # Imported here so that --help and flag errors stay fast.
   from nws_jax import distributed
+  from nws_jax import workdir_lock
   from nws_jax import zoo_builder
 
   def fail(message):
@@ -156,15 +158,19 @@ def main(argv):
   try:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                            auto=FLAGS.multihost)
-    if FLAGS.resume and not FLAGS.overwrite:
-      config = _config_to_resume()
-    else:
-      config = _config_from_flags()
-    config.validate()
-    zoo = zoo_builder.build_zoo(config, FLAGS.workdir, resume=FLAGS.resume,
-                                overwrite=FLAGS.overwrite, progress=FLAGS.progress,
-                                checkpoint_every=FLAGS.checkpoint_every)
-  except (ValueError, zoo_builder.WorkdirError) as e:
+    # The lock first (process 0 holds it for all): a second writer reads nothing, not even the
+    # saved config (build_zoo takes it again, re-entrantly).
+    with (workdir_lock.hold(FLAGS.workdir, 'train_zoo') if distributed.is_primary()
+          else contextlib.nullcontext()):
+      if FLAGS.resume and not FLAGS.overwrite:
+        config = _config_to_resume()
+      else:
+        config = _config_from_flags()
+      config.validate()
+      zoo = zoo_builder.build_zoo(config, FLAGS.workdir, resume=FLAGS.resume,
+                                  overwrite=FLAGS.overwrite, progress=FLAGS.progress,
+                                  checkpoint_every=FLAGS.checkpoint_every)
+  except (ValueError, zoo_builder.WorkdirError, workdir_lock.LockedError) as e:
     fail(str(e))
   except OSError as e:  # A full disk or a permission error while saving.
     fail(f'cannot write in {FLAGS.workdir}: {e} (a checkpoint already saved there is intact: '

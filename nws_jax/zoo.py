@@ -9,17 +9,26 @@ Layout of a finished zoo:
                 seconds (the whole zoo's wall time)
   curves.csv    one row per model and epoch (0 = initialisation): accuracies and training loss
   snapshots/    Orbax checkpoint of the kept snapshots (model i's [20, n_i] float32, n_i =
-                weightn_conv + weightn_fc) and their export numbers [models, 20] (snapshots.py)
+                weightn_conv + weightn_fc) and their export numbers [models, 20] (snapshots.py),
+                with checksums.json: a CRC-32 per model, verified on load
+  trained.json  what was trained: a digest of config.json and every model's 13 properties;
+                load_zoo refuses a config.json or models.csv edited since (RECORD_FILE)
+  .nws_jax.json the marker naming the folder a zoo, which --overwrite may replace
 While it trains, `exports/` (per-epoch weights) and `state/` (resume checkpoints) are there too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
+import time
 from typing import Callable
 
 import numpy as np
@@ -130,19 +139,28 @@ def folder_kind(path: str) -> str | None:
   return None
 
 
+def _inside(path: str, parent: str) -> bool:
+  path, parent = os.path.realpath(path), os.path.realpath(parent)
+  return os.path.commonpath([path, parent]) == parent
+
+
+def inside_input(folder: str, inputs) -> str | None:
+  """Why `folder` may not be written at all, even when it does not exist yet: it lies inside
+  one of `inputs` (paths read by the run: 'lies inside the input …'); or None. (A folder that is
+  an input holds it: `input_clash`.)"""
+  for path in inputs:
+    if _inside(folder, path) and not _inside(path, folder):
+      return f'lies inside the input {path}; writing there would damage it'
+  return None
+
+
 def input_clash(folder: str, inputs) -> str | None:
   """Why replacing `folder` would harm one of `inputs` (paths read by the run): it holds one
   ('holds the input …') or lies inside one ('lies inside the input …'); None if neither."""
-  def inside(path, parent):
-    path, parent = os.path.realpath(path), os.path.realpath(parent)
-    return os.path.commonpath([path, parent]) == parent
-
   for path in inputs:
-    if inside(path, folder):
+    if _inside(path, folder):
       return f'holds the input {path}; overwriting it would delete it'
-    if inside(folder, path):
-      return f'lies inside the input {path}; overwriting it would damage it'
-  return None
+  return inside_input(folder, inputs)
 
 
 def short_error(error: BaseException, limit: int = 400) -> str:
@@ -231,10 +249,130 @@ def _check_models(table: pd.DataFrame, path: str) -> None:
     table[name] = values.astype(np.int64)
 
 
-def load_zoo(workdir: str) -> Zoo:
+def _cell(table: pd.DataFrame, name: str, row: int):
+  value = table[name].iloc[row]
+  return value.item() if isinstance(value, np.generic) else value
+
+
+def _describe(table: pd.DataFrame, row: int) -> str:
+  ids = table['model_id'] if 'model_id' in table else None
+  return f'model_id {_cell(table, "model_id", row)}' if ids is not None else f'row {row + 2}'
+
+
+def _check_properties(table: pd.DataFrame, path: str, config: dict) -> None:
+  """Every property in PROTOCOL §1's domains (datasets: those the zoo was built from), model ids
+  unique, and as many models as the config says; ZooError naming the first model otherwise."""
+  for name, allowed in space.PROPERTY_DOMAINS.items():
+    bad = np.flatnonzero(~table[name].isin(allowed).to_numpy())
+    if len(bad):
+      raise ZooError(f'{path}: {_describe(table, bad[0])} has {name}={_cell(table, name, bad[0])!r}'
+                     f'; PROTOCOL §1 allows {", ".join(map(str, allowed))}')
+  lrate = pd.to_numeric(table['lrate'], errors='coerce').to_numpy(np.float64)
+  bad = np.flatnonzero(~(np.isfinite(lrate) & (lrate > 0)))
+  if len(bad):
+    raise ZooError(f'{path}: {_describe(table, bad[0])} has lrate='
+                   f'{_cell(table, "lrate", bad[0])!r}, not a positive number')
+  built = config.get('zoo', {}) if isinstance(config.get('zoo'), dict) else {}
+  if 'datasets' in built:
+    bad = np.flatnonzero(~table['dataset'].isin(built['datasets']).to_numpy())
+    if len(bad):
+      raise ZooError(f'{path}: {_describe(table, bad[0])} has dataset='
+                     f'{_cell(table, "dataset", bad[0])!r}, not one the zoo was built from '
+                     f'({", ".join(built["datasets"])})')
+  if 'model_id' in table:
+    repeated = np.flatnonzero(table['model_id'].duplicated().to_numpy())
+    if len(repeated):
+      raise ZooError(f'{path}: model_id {_cell(table, "model_id", repeated[0])!r} is listed more '
+                     'than once')
+  if 'num_models' in built and built['num_models'] != len(table):
+    raise ZooError(f'{path} lists {len(table)} models, but {CONFIG_FILE} says the zoo has '
+                   f'{built["num_models"]}')
+
+
+# What a zoo was trained (or imported) as, written once its tables are complete: a digest of
+# config.json and every model's 13 properties. load_zoo refuses a config.json or models.csv
+# edited since (a property changed by hand would mislabel the model's weights).
+RECORD_FILE = 'trained.json'
+
+
+def _config_digest(config: dict) -> str:
+  return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def _property_rows(table: pd.DataFrame) -> dict[str, list]:
+  """{model_id (or row index) as str: its 13 properties as JSON values}."""
+  ids = table['model_id'] if 'model_id' in table else pd.Series(range(len(table)))
+  values = table[list(space.PROPERTY_NAMES)].astype(object).to_numpy()
+  return {str(i): [v.item() if isinstance(v, np.generic) else v for v in row]
+          for i, row in zip(ids.tolist(), values)}
+
+
+def write_record(folder: str) -> None:
+  """Records what the zoo in `folder` was trained as (RECORD_FILE), from its config.json and
+  models.csv as a reader will see them; call once both are written."""
+  config = _read_config(os.path.join(folder, CONFIG_FILE))
+  table = read_csv(os.path.join(folder, MODELS_FILE))
+  write_json_atomic({'config_sha256': _config_digest(config),
+                     'properties': list(space.PROPERTY_NAMES),
+                     'models': _property_rows(table)}, os.path.join(folder, RECORD_FILE))
+
+
+def _same_value(a, b) -> bool:
+  # A learning rate may come back from a CSV rewritten by pandas one unit in the last place off.
+  if isinstance(a, float) or isinstance(b, float):
+    return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(
+        a, b, rel_tol=1e-12)
+  return a == b and type(a) is type(b)
+
+
+def _check_record(workdir: str, config: dict, table: pd.DataFrame) -> None:
+  """ZooError when config.json or a model's properties differ from the record (zoos written
+  before records existed have none, and are not checked)."""
+  path = os.path.join(workdir, RECORD_FILE)
+  if not os.path.lexists(path):
+    return
+  record = _read_config(path)
+  if not {'config_sha256', 'models'} <= set(record):
+    raise ZooError(f'{path} is damaged (not the record of a zoo)')
+  if record['config_sha256'] != _config_digest(config):
+    raise ZooError(f'{os.path.join(workdir, CONFIG_FILE)} was changed after the zoo was trained '
+                   f'(it no longer matches {RECORD_FILE}); restore it, or train a new zoo')
+  trained, listed = record['models'], _property_rows(table)
+  if set(trained) != set(listed):
+    where = os.path.join(workdir, MODELS_FILE)
+    extra = sorted(set(listed) - set(trained), key=lambda k: (len(k), k))
+    if extra:
+      raise ZooError(f'{where} lists model_id {extra[0]}, which the zoo did not train; the table '
+                     'was edited')
+    lost = sorted(set(trained) - set(listed), key=lambda k: (len(k), k))
+    raise ZooError(f'{where} lacks model_id {lost[0]}, which the zoo trained ({len(lost)} '
+                   'missing); the table was edited or cut')
+  for model_id, values in listed.items():
+    changed = [(n, a, b) for n, a, b in zip(space.PROPERTY_NAMES, trained[model_id], values)
+               if not _same_value(a, b)]
+    if changed:
+      (name, was, now), = changed[:1]
+      raise ZooError(f'{os.path.join(workdir, MODELS_FILE)}: model_id {model_id} has '
+                     f'{name}={now!r}, but it was trained with {name}={was!r}; the table was '
+                     'edited (its weights would be mislabelled)')
+
+
+def _checksum_error(workdir: str, table: pd.DataFrame, models: list[int]) -> ZooError:
+  """The one-line error for snapshots of `models` (0-based, in models.csv order) that do not
+  match their checksums, naming the first by index and model_id."""
+  first = models[0]
+  ids = table['model_id'] if 'model_id' in table else None
+  named = f' (model_id {ids.iloc[first]})' if ids is not None and first < len(ids) else ''
+  more = f' (and {len(models) - 1} more models)' if len(models) > 1 else ''
+  return ZooError(f'{workdir}: snapshots of model {first}{named} do not match their checksum'
+                  f'{more}: the file is damaged')
+
+
+def load_zoo(workdir: str, verify: bool = True) -> Zoo:
   """Reads a finished zoo workdir; raises ZooError naming what is missing, damaged (a file that
-  is not JSON or CSV, truncated, lacks columns; a snapshots checkpoint Orbax cannot read) or
-  inconsistent (snapshots that do not match models.csv)."""
+  is not JSON or CSV, truncated, lacks columns; a snapshots checkpoint Orbax cannot read, or
+  snapshots that do not match their checksums: checked unless `verify` is False) or inconsistent
+  (snapshots that do not match models.csv)."""
   if not os.path.isdir(workdir):
     raise ZooError(f'no zoo at {workdir}: not a directory')
   for name in (CONFIG_FILE, MODELS_FILE, CURVES_FILE, SNAPSHOTS_DIR):
@@ -243,6 +381,8 @@ def load_zoo(workdir: str) -> Zoo:
   config = _read_config(os.path.join(workdir, CONFIG_FILE))
   table = read_csv(os.path.join(workdir, MODELS_FILE))
   _check_models(table, os.path.join(workdir, MODELS_FILE))
+  _check_properties(table, os.path.join(workdir, MODELS_FILE), config)
+  _check_record(workdir, config, table)
   curves = read_csv(os.path.join(workdir, CURVES_FILE))
   missing = [c for c in CURVE_KEYS if c not in curves.columns]
   if missing:
@@ -252,7 +392,9 @@ def load_zoo(workdir: str) -> Zoo:
     raise ZooError(f'{workdir}: cannot read snapshots: {snapshots_dir} is not a directory')
   try:
     check_checkpoint_files(snapshots_dir)
-    snaps, numbers = snapshots_lib.load_snapshots(snapshots_dir)
+    snaps, numbers = snapshots_lib.load_snapshots(snapshots_dir, verify)
+  except snapshots_lib.ChecksumError as e:
+    raise _checksum_error(workdir, table, e.models) from e
   except Exception as e:  # Orbax raises many types for a damaged checkpoint.
     raise ZooError(f'{workdir}: cannot read snapshots: {short_error(e)}') from e
   n = (table['weightn_conv'] + table['weightn_fc']).to_numpy()
@@ -284,10 +426,87 @@ def _missing_parents(folder: str) -> list[str]:
   return missing
 
 
+# The errno of a write that failed for lack of room: a full disk, a quota, or a file-size limit
+# (RLIMIT_FSIZE; the tests simulate a full disk with it).
+_NO_SPACE = {errno.ENOSPC: 'ENOSPC', errno.EDQUOT: 'EDQUOT', errno.EFBIG: 'EFBIG'}
+
+
+class NoSpaceError(OSError):
+  """A write that failed for lack of room, as one line naming the file or folder written."""
+
+
+def _no_space_errno(error: BaseException | None) -> tuple[int, BaseException] | None:
+  """(errno, the error carrying it) when `error`, or one it was raised from or while handling,
+  is a write that failed for lack of room; None otherwise. TensorStore's errors (through Orbax)
+  carry it only in their text: "… File too large [os_error_code='27']"."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _NO_SPACE:
+      return error.errno, error
+    for code in _NO_SPACE:
+      if f"os_error_code='{code}'" in str(error):
+        return code, error
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def no_space_error(error: BaseException, out: str,
+                   tmp: str | None = None) -> NoSpaceError | None:
+  """`cannot write PATH: No space left on device (ERRNO…)` when `error` is a write that failed
+  for lack of room (ENOSPC, EDQUOT, or EFBIG, a file-size limit, told alike), or None. PATH: the
+  file written (its OSError.filename; under `tmp`, the hidden folder of an OutputFolder, named
+  where it was to end up under `out`), else the output folder `out`."""
+  if isinstance(error, NoSpaceError):
+    return error
+  found = _no_space_errno(error)
+  if found is None:
+    return None
+  code, cause = found
+  path = getattr(cause, 'filename', None)
+  path = os.path.abspath(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else out
+  if tmp is not None and _inside(path, tmp):
+    path = os.path.normpath(os.path.join(out, os.path.relpath(path, tmp)))
+  detail = _NO_SPACE[code] + ('' if code == errno.ENOSPC else f': {os.strerror(code)}')
+  result = NoSpaceError(f'cannot write {path}: No space left on device ({detail})')
+  result.errno = code
+  return result
+
+
+_PARTIAL_NAME = re.compile(r'\..+\.partial-[a-z0-9_]+')  # OutputFolder's hidden folders
+
+
+def remove_folder(folder: str, attempts: int = 5) -> None:
+  """Removes the tree `folder`, checking it is gone: a writer not quite finished (a library's
+  background thread) may add a file while it is being removed. Errors are ignored."""
+  for attempt in range(attempts):
+    shutil.rmtree(folder, ignore_errors=True)
+    if not os.path.lexists(folder):
+      return
+    time.sleep(0.05 * (attempt + 1))
+
+
+def remove_partial_folders(parent: str) -> list[str]:
+  """Removes from `parent` the hidden folders of OutputFolders whose process was killed while
+  writing (.<name>.partial-…) — only those that carry this project's marker file (MARKER_FILE),
+  nothing else. The caller makes sure no writer of `parent` is running (its lock). Returns the
+  paths removed."""
+  removed = []
+  names = sorted(os.listdir(parent)) if os.path.isdir(parent) else []
+  for name in names:
+    path = os.path.join(parent, name)
+    if (_PARTIAL_NAME.fullmatch(name) and os.path.isdir(path) and not os.path.islink(path)
+        and marked_kind(path) is not None):
+      remove_folder(path)
+      removed.append(path)
+  return removed
+
+
 class OutputFolder:
   """`with OutputFolder(out, check) as tmp:` — write a workdir of several files into tmp, a
   hidden sibling of out (.<name>.partial-…); on success tmp becomes out, on any error tmp (and
-  any parent folder this created) is removed and out is left exactly as it was.
+  any parent folder this created) is removed and out is left exactly as it was. A write that
+  fails for lack of room is raised as a NoSpaceError naming what was written (`no_space_error`).
 
   check(out) is called when out, at the end, is not empty (it may have been filled meanwhile);
   it raises to refuse replacing it. A replaced out is removed only once tmp is in its place.
@@ -324,11 +543,22 @@ class OutputFolder:
       try:
         self._commit()
         return
+      except Exception as e:
+        self._discard()
+        error = no_space_error(e, self.out, self.tmp)
+        if error is None:
+          raise
+        raise error from e
       except BaseException:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self._remove_parents()
+        self._discard()
         raise
-    shutil.rmtree(self.tmp, ignore_errors=True)
+    self._discard()
+    error = no_space_error(value, self.out, self.tmp) if isinstance(value, Exception) else None
+    if error is not None:
+      raise error from value  # out of room: one line naming what was written
+
+  def _discard(self) -> None:
+    remove_folder(self.tmp)
     self._remove_parents()
 
   def _commit(self) -> None:

@@ -16,6 +16,8 @@ several processes (`distributed`), every process runs this same function.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -40,11 +42,14 @@ from nws_jax import sharding
 from nws_jax import snapshots as snapshots_lib
 from nws_jax import space
 from nws_jax import trainer as trainer_lib
+from nws_jax import workdir_lock
 from nws_jax import zoo as zoo_lib
 
 # Test accuracy below which a model counts as failed to train (the release left such nets out);
 # a model that diverged counts as failed too.
 FAILED_BELOW = 0.15
+# Seeds that give distinct zoos: [0, SEEDS).
+SEEDS = 2 ** 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +88,9 @@ class ZooConfig:
     """Raises ValueError with a one-line message for a config that cannot run."""
     if self.num_models < 1:
       raise ValueError(f'num_models must be at least 1, got {self.num_models}')
+    if not 0 <= self.seed < SEEDS:
+      # JAX's key holds 32 bits of the seed: 2**32 would train as 0 but sample other properties.
+      raise ValueError(f'seed must be an integer in [0, 2**32), got {self.seed}')
     if not self.datasets:
       raise ValueError('datasets must name at least one dataset')
     unknown = [d for d in self.datasets if d not in datasets_lib.ALL_NAMES]
@@ -126,8 +134,35 @@ class ZooConfig:
     return d
 
 
+def smallest_vector(architecture: str) -> int:
+  """Weights per snapshot of the smallest net an `architecture` mode can draw."""
+  archs = ([space.FIXED_ARCHITECTURE] if architecture == 'fixed' else
+           [dict(zip(('filter_size', 'depth_conv', 'depth_fc', 'width_conv', 'width_fc'), a))
+            for a in itertools.product(space.FILTER_SIZES, space.DEPTHS_CONV, space.DEPTHS_FC,
+                                       space.WIDTHS_CONV, space.WIDTHS_FC)])
+  return min(sum(cnn.weight_counts(cnn.Architecture(**a))) for a in archs)
+
+
+def check_fits(config: ZooConfig, memory_bytes: int | None = None) -> None:
+  """Raises ValueError, before anything is sampled or allocated, for a zoo whose kept snapshots
+  alone (float32, gathered in host memory at the end) exceed this machine's memory
+  (`memory_bytes`, default: its physical memory)."""
+  if memory_bytes is None:
+    memory_bytes = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  needed = config.num_models * config.num_snapshots * smallest_vector(config.architecture) * 4
+  if needed > memory_bytes:
+    raise ValueError(f'num_models={config.num_models} cannot fit: its snapshots alone need at '
+                     f'least {needed / 2**30:,.0f} GiB of host memory ({config.num_snapshots} '
+                     f'float32 vectors of at least {smallest_vector(config.architecture):,} '
+                     f'weights per model), this machine has {memory_bytes / 2**30:,.0f} GiB')
+
+
 class WorkdirError(RuntimeError):
   """The workdir cannot be used as asked (not empty, nothing to resume, other config)."""
+
+
+class _Mismatch(Exception):
+  """A checkpoint of another run's config or model properties."""
 
 
 class Preempted(RuntimeError):
@@ -314,6 +349,15 @@ def curves_table(trainer: trainer_lib.ZooTrainer, result: trainer_lib.TrainResul
   return pd.concat(parts, ignore_index=True)
 
 
+def started_with(config: ZooConfig, trainer: trainer_lib.ZooTrainer) -> np.ndarray:
+  """uint8 [32]: SHA-256 of the zoo config and every model's id and 13 properties. A checkpoint
+  carries the value of the run that wrote it, and a resume whose config.json (or sampling) gives
+  another value is refused: it would label old weights with new properties."""
+  models = [[int(i), *c.as_row().values()] for i, c in zip(trainer.model_ids, trainer.configs)]
+  text = json.dumps({'zoo': config.to_json(), 'models': models}, sort_keys=True)
+  return np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8).copy()
+
+
 class _StateCheckpointer:
   """Saves the whole training state after a round (async), for --resume: every model's
   parameters, optimizer and batch-norm state (their RNG keys derive from the seed, model id and
@@ -323,8 +367,9 @@ class _StateCheckpointer:
   disk) leaves the last finished checkpoint in place: Orbax finalises a step by a rename, and
   only then deletes the older one."""
 
-  def __init__(self, directory: str):
+  def __init__(self, directory: str, digest: np.ndarray | None = None):
     self._directory = directory
+    self._digest = digest
     self._manager = ocp.CheckpointManager(
         os.path.abspath(directory),
         options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=True,
@@ -336,6 +381,8 @@ class _StateCheckpointer:
             'curves': result.curves, 'losses': result.losses, 'epoch': np.int64(rounds),
             'seconds': np.float64(result.seconds), 'exports': result.exports,
             'schedule': {k: np.asarray(v) for k, v in result.schedule.items()}}
+    if self._digest is not None:
+      tree['started_with'] = self._digest
     self._manager.save(rounds, args=ocp.args.StandardSave(tree))
 
   def restore(self, trainer: trainer_lib.ZooTrainer) -> trainer_lib.TrainResult | None:
@@ -346,6 +393,9 @@ class _StateCheckpointer:
       return None
     try:
       tree = self._manager.restore(step, args=ocp.args.StandardRestore())
+      # Checkpoints written before the digest existed have none, and are trusted.
+      if 'started_with' in tree and self._digest is not None and not np.array_equal(tree['started_with'], self._digest):
+        raise _Mismatch()
       schedule = {k: np.asarray(v) for k, v in tree['schedule'].items()}
       trainer.restore_schedule(schedule)
       _, treedef = jax.tree.flatten(trainer.init_state())
@@ -358,6 +408,11 @@ class _StateCheckpointer:
       result = trainer_lib.TrainResult(state, stopping, np.asarray(tree['curves']),
                                        np.asarray(tree['losses']), float(tree['seconds']),
                                        np.asarray(tree['exports']), schedule, int(tree['epoch']))
+    except _Mismatch:
+      folder = os.path.dirname(os.path.abspath(self._directory))
+      raise WorkdirError(f'cannot resume {folder}: its checkpoint was started with other options '
+                         f'or model properties than {zoo_lib.CONFIG_FILE} now gives (was it '
+                         'edited?); restore it, or start again with --overwrite') from None
     except (ValueError, KeyError, TypeError, OSError) as e:
       message = str(e).splitlines()[0] if str(e) else type(e).__name__
       raise WorkdirError(f'cannot resume: the checkpoint {self._directory}/{step} is unreadable '
@@ -397,9 +452,20 @@ class _Sigterm:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def build_zoo(config: ZooConfig, workdir: str, *, resume: bool = False, overwrite: bool = False,
-              progress: bool = False, checkpoint_every: int = 1,
-              mesh: jax.sharding.Mesh | None = None) -> zoo_lib.Zoo:
+def build_zoo(config: ZooConfig, workdir: str, **options) -> zoo_lib.Zoo:
+  """Trains the zoo of `config` into `workdir` and returns it loaded (`_build_zoo`'s options),
+  holding the workdir's lock (`workdir_lock`) throughout: a second writer of the same workdir
+  raises workdir_lock.LockedError at once, before anything is checked or written. With several
+  processes, process 0 holds it for all of them."""
+  if not distributed.is_primary():
+    return _build_zoo(config, workdir, **options)
+  with workdir_lock.hold(workdir, 'train_zoo'):
+    return _build_zoo(config, workdir, **options)
+
+
+def _build_zoo(config: ZooConfig, workdir: str, *, resume: bool = False, overwrite: bool = False,
+               progress: bool = False, checkpoint_every: int = 1,
+               mesh: jax.sharding.Mesh | None = None) -> zoo_lib.Zoo:
   """Trains the zoo of `config` into `workdir` and returns it loaded.
 
   checkpoint_every: rounds (epochs of the slots) between checkpoints of the training state.
@@ -409,6 +475,7 @@ def build_zoo(config: ZooConfig, workdir: str, *, resume: bool = False, overwrit
   under way is checkpointed.
   """
   config.validate()
+  check_fits(config)
   if checkpoint_every < 1:
     raise ValueError(f'checkpoint_every must be at least 1, got {checkpoint_every}')
   # Everything that can reject the config (unprepared dataset, too few examples for a batch
@@ -425,7 +492,8 @@ def build_zoo(config: ZooConfig, workdir: str, *, resume: bool = False, overwrit
                                'processes': jax.process_count()},
                               os.path.join(folder, zoo_lib.CONFIG_FILE))
   exports = snapshots_lib.ExportWriter(os.path.join(folder, zoo_lib.EXPORTS_DIR))
-  checkpointer = _StateCheckpointer(os.path.join(folder, zoo_lib.STATE_DIR))
+  checkpointer = _StateCheckpointer(os.path.join(folder, zoo_lib.STATE_DIR),
+                                    started_with(config, trainer))
   try:
     restored = checkpointer.restore(trainer) if resuming else None
   except WorkdirError:
@@ -476,6 +544,7 @@ def build_zoo(config: ZooConfig, workdir: str, *, resume: bool = False, overwrit
     zoo_lib.write_csv_atomic(curves_table(trainer, result),
                              os.path.join(folder, zoo_lib.CURVES_FILE))
     zoo_lib.write_csv_atomic(table, os.path.join(folder, zoo_lib.MODELS_FILE))
+    zoo_lib.write_record(folder)
   snapshots_lib.save_snapshots(os.path.join(folder, zoo_lib.SNAPSHOTS_DIR), snaps, numbers)
   distributed.barrier('zoo_written')
   if primary:

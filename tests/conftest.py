@@ -63,6 +63,7 @@ def write_synthetic_zoo(workdir, num_models=40, weightn_conv=80, weightn_fc=120,
   with open(os.path.join(workdir, zoo_lib.CONFIG_FILE), 'w') as f:
     json.dump({'synthetic': True}, f)
   table.to_csv(os.path.join(workdir, zoo_lib.MODELS_FILE), index=False)
+  zoo_lib.write_record(workdir)
   epochs = np.arange(6)  # 0 (initialisation) .. 5, as table['epochs']
   curve = 0.1 + 0.08 * epochs
   pd.DataFrame(dict(model_id=np.repeat(np.arange(m), 6), epoch=np.tile(epochs, m),

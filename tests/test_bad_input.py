@@ -14,6 +14,7 @@ to check the real exit status. All of them start together, once per module.
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -45,22 +46,34 @@ def write(path, text, mode='w'):
     f.write(text)
 
 
+def entry_state(path):
+  """One entry by its lstat: 'dir', ('symlink', target), ('special', type, mtime_ns) for a FIFO
+  or device (never opened: a FIFO blocks, /dev/zero never ends), else (bytes, mtime_ns)."""
+  info = os.lstat(path)
+  if stat.S_ISLNK(info.st_mode):
+    return ('symlink', os.readlink(path))
+  if stat.S_ISDIR(info.st_mode):
+    return 'dir'
+  if not stat.S_ISREG(info.st_mode):
+    return ('special', stat.S_IFMT(info.st_mode), info.st_mtime_ns)
+  with open(path, 'rb') as f:
+    return (f.read(), info.st_mtime_ns)
+
+
 def tree_state(path):
-  """Everything under `path` (or the file itself): {relative path: 'dir' | (bytes, mtime_ns)};
-  None when absent. Equal before and after means nothing there was written, created or removed."""
+  """Everything under `path` (or the file itself): {relative path: entry_state}; None when
+  absent. Symbolic links are recorded, not followed. Equal before and after means nothing there
+  was written, created or removed."""
   if not os.path.lexists(path):
     return None
-  if not os.path.isdir(path):
-    with open(path, 'rb') as f:
-      return {'.': (f.read(), os.stat(path).st_mtime_ns)}
+  top = entry_state(path)
+  if top != 'dir':
+    return {'.': top}
   state = {}
-  for root, dirs, names in os.walk(path):
-    for name in dirs:
-      state[os.path.relpath(os.path.join(root, name), path)] = 'dir'
-    for name in names:
+  for root, dirs, names in os.walk(path):  # does not enter linked folders (followlinks=False)
+    for name in dirs + names:
       full = os.path.join(root, name)
-      with open(full, 'rb') as f:
-        state[os.path.relpath(full, path)] = (f.read(), os.stat(full).st_mtime_ns)
+      state[os.path.relpath(full, path)] = entry_state(full)
   return state
 
 
@@ -124,6 +137,25 @@ def rename_chunk(zoo):
   os.rename(os.path.join(zoo, 'snapshots', '0'), os.path.join(zoo, 'snapshots', '1'))
 
 
+def flip_snapshot_byte(zoo):
+  """Inverts the middle byte of the snapshots' largest data file: Orbax decodes it to wrong
+  weights of one model, with no error of its own (caught by the checksums)."""
+  path = largest_file(f'{zoo}/snapshots')
+  with open(path, 'r+b') as f:
+    f.seek(os.path.getsize(path) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def edit_config(zoo, config):
+  write(f'{zoo}/config.json', json.dumps(config))
+
+
+def repeat_model_id(zoo):
+  edit_first_row(f'{zoo}/models.csv', 'model_id', 1)
+
+
 def bad_split(meta):
   write(os.path.join(meta, 'split.json'), '{"train": [0, 1, 2], "valid": [], "test": [999]}')
 
@@ -139,6 +171,48 @@ def cut_error_bin(release):
 def cut_weight_file(release):
   net = os.path.join(release, 'nets', sorted(os.listdir(os.path.join(release, 'nets')))[0])
   truncate(os.path.join(net, 'weights', '005.bin'))
+
+
+def first_net(release):
+  """The folder of the first net listed in train.csv."""
+  import pandas as pd
+  return os.path.join(release, pd.read_csv(f'{release}/train.csv')['path'][0])
+
+
+def make_fifo(path):
+  """Replaces the file at `path` with a FIFO: opening it to read blocks until a writer comes."""
+  os.remove(path)
+  os.mkfifo(path)
+
+
+def link_to_dev_zero(path):
+  """Replaces the file at `path` with a symbolic link to /dev/zero: endless zeros."""
+  os.remove(path)
+  os.symlink('/dev/zero', path)
+
+
+def alias_in_test_csv(release):
+  """nets/alias, a symbolic link to train.csv's first net, listed again in test.csv."""
+  import pandas as pd
+  train, test = pd.read_csv(f'{release}/train.csv'), pd.read_csv(f'{release}/test.csv')
+  os.symlink(os.path.basename(train['path'][0]), f'{release}/nets/alias')
+  pd.concat([test, train.iloc[[0]].assign(path='nets/alias')]).to_csv(
+      f'{release}/test.csv', index=False)
+
+
+# Hostile release files (issue 18 point 4): id -> (keyword, damage(release)); each case runs
+# for import_nws and for train_meta --nws_csv. None may hang or fill the memory.
+HOSTILE_RELEASES = {
+    'meta_csv_fifo': ('meta.csv is a FIFO, not a regular file',
+                      lambda r: make_fifo(f'{first_net(r)}/meta.csv')),
+    'stat_bin_fifo': ('stat.bin is a FIFO, not a regular file',
+                      lambda r: make_fifo(f'{first_net(r)}/stat.bin')),
+    'meta_csv_links_to_dev_zero': ('meta.csv is a character device, not a regular file',
+                                   lambda r: link_to_dev_zero(f'{first_net(r)}/meta.csv')),
+    'split_csv_fifo': ('test.csv is a FIFO, not a regular file',
+                       lambda r: make_fifo(f'{r}/test.csv')),
+    'net_listed_twice_via_symlink': ('is listed more than once (again as', alias_in_test_csv),
+}
 
 
 # --- the cases: id -> (keyword of the error line, setup(inputs, case folder) -> argv) ---------
@@ -159,6 +233,14 @@ def _tm_evaluate(damage):
                        f'--workdir={i.meta_copy(d, damage)}']
 
 
+def _tm_release(damage):
+  def setup(i, d):
+    release = i.release_copy(d, damage)
+    return TM + [f'--nws_csv={release}/train.csv', f'--nws_test_csv={release}/test.csv',
+                 f'--workdir={d}/meta']
+  return setup
+
+
 TRAIN_META = {
     # flags
     'unknown_property': ("unknown property 'colour'", _tm_flags('--properties=colour')),
@@ -170,6 +252,8 @@ TRAIN_META = {
     'nan_learning_rate': ('learning_rate must be a positive number',
                           _tm_flags('--learning_rate=nan')),
     'negative_seed': ('seed must be non-negative', _tm_flags('--seed=-1')),
+    'seed_of_33_bits': ('seed must be below 2**32', _tm_flags('--seed=4294967296')),
+    'seed_beyond_64_bits': ('seed must be below 2**32', _tm_flags(f'--seed={2 ** 64 + 1}')),
     'test_fraction_one': ('test_fraction must be in (0, 1)', _tm_flags('--test_fraction=1')),
     'snapshots_out_of_range': ("outside the zoo's snapshots 1-20", _tm_flags('--snapshots=15-21')),
     'zero_positions': ('positions must be an integer of at least 1',
@@ -198,6 +282,8 @@ TRAIN_META = {
         f'--zoo={i.zoo_copy(notes(d, "outer"))}', f'--workdir={d}/outer', '--overwrite']),
     'overwrite_inside_the_zoo_read': ('lies inside the input', lambda i, d: TM + [
         f'--zoo={i.zoo_copy(d)}', f'--workdir={d}/zoo/snapshots', '--overwrite']),
+    'workdir_inside_the_zoo_read': ('lies inside the input', lambda i, d: TM + [
+        f'--zoo={i.zoo_copy(d)}', f'--workdir={d}/zoo/meta']),
     # the zoo
     'no_zoo': ('no zoo at', lambda i, d: TM + [f'--zoo={d}/none', f'--workdir={d}/meta']),
     'zoo_is_a_meta_workdir': ('holds a meta-classifier run', lambda i, d: TM + [
@@ -221,6 +307,20 @@ TRAIN_META = {
     'snapshot_metadata_truncated': ('_METADATA is damaged', _tm_zoo(
         lambda z: truncate(f'{z}/snapshots/0/default/_METADATA'))),
     'snapshot_chunk_missing': ('chunk 0 of the snapshots', _tm_zoo(rename_chunk)),
+    # models.csv or config.json edited after training (issue 18 point 3)
+    'property_edited': ('but it was trained with optimizer=0', _tm_zoo(
+        lambda z: edit_first_row(f'{z}/models.csv', 'optimizer', 1))),
+    'property_outside_protocol': ('has optimizer=7; PROTOCOL §1 allows 0, 1, 2', _tm_zoo(
+        lambda z: edit_first_row(f'{z}/models.csv', 'optimizer', 7))),
+    'dataset_not_built_from': ("has dataset='cifar10', not one the zoo was built from", _tm_zoo(
+        lambda z: (edit_config(z, {'zoo': {'datasets': ['digits', 'shapes']}}),
+                   edit_first_row(f'{z}/models.csv', 'dataset', 'cifar10')))),
+    'model_id_twice': ('model_id 1 is listed more than once', _tm_zoo(repeat_model_id)),
+    'num_models_changed': ('lists 40 models, but config.json says the zoo has 41', _tm_zoo(
+        lambda z: edit_config(z, {'zoo': {'num_models': 41}}))),
+    'config_edited': ('config.json was changed after the zoo was trained', _tm_zoo(
+        lambda z: edit_config(z, {'synthetic': False}))),
+    'snapshot_byte_flipped': ('do not match their checksum', _tm_zoo(flip_snapshot_byte)),
     # --evaluate_only: the workdir must hold an intact run
     'evaluate_a_zoo': ('holds a zoo', lambda i, d: [
         '--evaluate_only', f'--workdir={i.zoo_copy(d)}']),
@@ -258,6 +358,12 @@ EXPORT_NWS = {
                         _ex_zoo(lambda z: write(f'{z}/config.json', '[1, '))),
     'snapshot_data_truncated': ('cannot read snapshots',
                                 _ex_zoo(lambda z: truncate(largest_file(f'{z}/snapshots')))),
+    'snapshot_byte_flipped': ('do not match their checksum', _ex_zoo(flip_snapshot_byte)),
+    'property_edited': ('but it was trained with optimizer=0', _ex_zoo(
+        lambda z: edit_first_row(f'{z}/models.csv', 'optimizer', 1))),
+    'property_outside_protocol': ('has batch_size=63', _ex_zoo(
+        lambda z: edit_first_row(f'{z}/models.csv', 'batch_size', 63))),
+    'model_id_twice': ('model_id 1 is listed more than once', _ex_zoo(repeat_model_id)),
     'out_not_empty': ('is not empty', lambda i, d: EX + [f'--zoo={i.zoo}', f'--out={notes(d)}']),
     'out_is_a_file': ('is not a folder', lambda i, d: EX + [
         f'--zoo={i.zoo}', f'--out={a_file(d)}']),
@@ -273,6 +379,8 @@ EXPORT_NWS = {
         f'--zoo={i.zoo_copy(d)}', f'--out={d}/zoo', '--overwrite']),
     'overwrite_inside_the_zoo_read': ('lies inside the input', lambda i, d: EX + [
         f'--zoo={i.zoo_copy(d)}', f'--out={d}/zoo/snapshots', '--overwrite']),
+    'out_inside_the_zoo_read': ('lies inside the input', lambda i, d: EX + [
+        f'--zoo={i.zoo_copy(d)}', f'--out={d}/zoo/release']),
     'zero_test_fraction': ('test_fraction must be in (0, 1)', _ex_flags('--test_fraction=0')),
     'negative_seed': ('seed must be a non-negative integer', _ex_flags('--seed=-1')),
     'prefix_with_a_slash': ("prefix 'a/b'", _ex_flags('--prefix=a/b')),
@@ -319,7 +427,13 @@ IMPORT_NWS = {
         f'--csv={i.release}/train.csv', f'--out={look_alike(d, "models.csv")}', '--overwrite']),
     'overwrite_the_release_read': ('holds the input', lambda i, d: IM + [
         f'--csv={i.release_copy(d)}/train.csv', f'--out={d}/release', '--overwrite']),
+    'out_inside_the_release_read': ('lies inside the input', lambda i, d: IM + [
+        f'--csv={i.release_copy(d)}/train.csv', f'--out={d}/release/zoo']),
 }
+
+for _case, (_keyword, _damage) in HOSTILE_RELEASES.items():
+  TRAIN_META[_case] = (_keyword, _tm_release(_damage))
+  IMPORT_NWS[_case] = (_keyword, _im_release(_damage))
 
 BENCH = {
     'unknown_suite': ("unknown suite 'bogus'", lambda i, d: ['--suite=bogus']),
@@ -446,6 +560,17 @@ def inputs(tmp_path_factory, synthetic_zoo_dir):
   return Inputs(synthetic_zoo_dir, release, meta)
 
 
+def _communicate(key, child, children, timeout=600):
+  """child.communicate(); a child that outlives `timeout` seconds (a case hangs, e.g. on a FIFO)
+  fails the fixture, and every child is killed rather than left blocked or filling memory."""
+  try:
+    return child.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    for other in children.values():
+      other.kill()
+    pytest.fail(f'the {key} child ran over {timeout} s (a case hangs?)')
+
+
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory, inputs):
   """{prog: {case: dict(code, stderr, before, after, keyword)}}; the cases in
@@ -479,7 +604,7 @@ def runs(tmp_path_factory, inputs):
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
   results = {}
   for key, child in children.items():
-    _, stderr = child.communicate(timeout=600)
+    _, stderr = _communicate(key, child, children)
     if key.startswith('command_line/'):
       (case, info), = prepared[key].items()
       results[key] = {case: dict(info, code=child.returncode, stderr=stderr)}

@@ -5,8 +5,10 @@ exits 2 with one line and touches nothing."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -271,3 +273,92 @@ def test_a_study_builds_each_zoo_once_and_continues_an_interrupted_one(tmp_path,
   study.zoo('fixed')  # neither finished nor resumable: built again over what is there
   assert calls[-1] == ('zoo_fixed', 'fixed', False, True)
   assert [s[0] for s in study.steps] == ['zoo_fixed']
+
+
+def _partial_folders(folder):
+  return [n for n in os.listdir(folder) if '.partial-' in n] if os.path.isdir(folder) else []
+
+
+def test_a_study_stopped_by_sigterm_during_a_meta_run_leaves_no_hidden_folder(synthetic_zoo_dir,
+                                                                             tmp_path):
+  """SIGTERM once the meta run's hidden folder exists: the run unwinds, removes it (Orbax's
+  writers done first) and the study exits 143, saying --resume runs it again."""
+  meta = tmp_path / 'study' / 'meta'
+  child = subprocess.Popen(
+      [sys.executable, os.path.join(ROOT, 'experiments', 'where.py'),
+       f'--workdir={tmp_path / "study"}', f'--fixed_zoo={synthetic_zoo_dir}', *FAST,
+       '--baseline=false', '--parts=all'],
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.monotonic() + 600
+    while not _partial_folders(meta):
+      assert child.poll() is None, 'the study ended before its meta run began'
+      assert time.monotonic() < deadline, 'no meta run began'
+      time.sleep(0.01)
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=600)
+  finally:
+    if child.poll() is None:
+      child.kill()
+      child.wait()
+  assert child.returncode == 143, stderr[-3000:]
+  assert 'stopped by SIGTERM during meta/where_all' in stderr, stderr[-3000:]
+  assert not _partial_folders(meta)
+  assert not os.path.exists(meta / 'where_all')
+
+
+def test_a_meta_run_marks_its_hidden_folder_from_the_start(synthetic_zoo_dir, tmp_path,
+                                                           monkeypatch):
+  """What a meta run killed while training leaves is recognisable as ours (its marker file)."""
+  from nws_jax import zoo as zoo_lib
+  from nws_jax.meta import pipeline
+  from nws_jax.meta import train as train_lib
+
+  class Stop(Exception):
+    pass
+
+  seen = []
+
+  def fit(*args, **kwargs):
+    seen.extend(zoo_lib.marked_kind(str(p)) for p in tmp_path.glob('.meta.partial-*'))
+    raise Stop
+
+  monkeypatch.setattr(train_lib, 'fit', fit)
+  config = train_lib.MetaConfig(slice_length=40, conv_widths=(4,), dense_widths=(8,), epochs=1)
+  with pytest.raises(Stop):
+    pipeline.train_and_evaluate(config, synthetic_zoo_dir, str(tmp_path / 'meta'))
+  assert seen == ['meta']
+  assert not _partial_folders(tmp_path)
+
+
+def test_a_resumed_study_removes_only_the_marked_hidden_folders_of_killed_meta_runs(
+    synthetic_zoo_dir, tmp_path):
+  from nws_jax import zoo as zoo_lib
+  from nws_jax.study import runner
+  from nws_jax.study import scale as scale_lib
+
+  def open_study(resume):
+    return runner.open_study('where', scale_lib.TINY, str(tmp_path / 'study'), settings={},
+                             zoos={'fixed': synthetic_zoo_dir}, resume=resume, progress=False)
+
+  open_study(resume=False)
+  meta = tmp_path / 'study' / 'meta'
+  meta.mkdir()
+  killed = meta / '.where_all.partial-k1ll3d_0'  # a meta run killed outright (SIGKILL)
+  killed.mkdir()
+  zoo_lib.write_marker(str(killed), 'meta')
+  (killed / 'history.csv').write_text('epoch\n')
+  kept = {}
+  for name, marked in (('.notes.partial-abcd1234', False), ('.where_all.old-abcd1234', True),
+                       ('where_dense', True)):
+    kept[name] = meta / name
+    kept[name].mkdir()
+    (kept[name] / 'mine.txt').write_text('mine')
+    if marked:
+      zoo_lib.write_marker(str(kept[name]), 'meta')
+  (meta / '.file.partial-abcd1234').write_text('a file, not a folder')
+  before = file_state(meta)
+  open_study(resume=True)
+  assert not killed.exists()
+  assert file_state(meta) == {k: v for k, v in before.items()
+                              if not k.startswith(killed.name)}

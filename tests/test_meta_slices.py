@@ -147,6 +147,15 @@ def test_targets_refuse_unknown_and_constant_properties(name, message):
     targets_lib.make_targets(_table(), [name], np.array([0, 1]))
 
 
+@pytest.mark.parametrize('name, value', [('optimizer', 7), ('batch_size', 63),
+                                         ('augmentation', 2)])
+def test_targets_refuse_a_class_protocol_does_not_define(name, value):
+  table = _table()
+  table[name] = [value] + table[name].tolist()[1:]
+  with pytest.raises(targets_lib.PropertyError, match='not a class PROTOCOL §1 defines'):
+    targets_lib.make_targets(table, [name], np.array([0, 1]))
+
+
 def test_chance_is_the_best_constant_guess():
   table = _table()
   [opt, lrate] = targets_lib.make_targets(table, ['optimizer', 'lrate'], np.array([0, 1]))

@@ -63,7 +63,7 @@ def _garbage_snapshots(zoo):
 
 @pytest.mark.parametrize('damage,message', [
     (_remove_snapshots, 'snapshots is missing'),
-    (_truncate_models_csv, 'do not match models.csv'),
+    (_truncate_models_csv, 'lacks model_id 0, which the zoo trained'),
     (_garbage_snapshots, 'cannot read snapshots'),
 ], ids=['no_snapshots', 'header_only_models_csv', 'garbage_snapshots'])
 def test_damaged_zoo_exits_2_and_creates_nothing(tmp_path, synthetic_zoo_dir, damage, message):

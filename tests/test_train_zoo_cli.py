@@ -57,6 +57,11 @@ def test_unprepared_tfds_dataset_exits_2_naming_it(tmp_path):
     ('--min_epochs=50', 'min_epochs'),
     ('--packing=tight', 'packing'),
     ('--slots_per_group=0', 'slots_per_group'),
+    # JAX's key holds 32 bits of the seed: beyond, zoos would share keys, not properties.
+    ('--seed=-1', 'seed must be an integer in [0, 2**32)'),
+    ('--seed=4294967296', 'seed must be an integer in [0, 2**32)'),
+    (f'--seed={2 ** 64 + 1}', 'seed must be an integer in [0, 2**32)'),
+    ('--num_models=1000000000', 'its snapshots alone need at least'),
 ])
 def test_bad_options_exit_2(tmp_path, flag, message):
   result = run_cli(f'--workdir={tmp_path}/zoo', flag)
@@ -109,3 +114,13 @@ def test_overwrite_accepts_only_a_marked_zoo(tmp_path):
       'overwrite'
   with pytest.raises(zoo_builder.WorkdirError, match='holds a meta-classifier run'):
     zoo_builder.check_workdir(str(meta_dir), config, resume=False, overwrite=True)
+
+
+def test_a_zoo_that_cannot_fit_is_refused_before_sampling():
+  from nws_jax import zoo_builder
+  config = zoo_builder.ZooConfig(num_models=1000, architecture='random')
+  smallest = zoo_builder.smallest_vector('random')
+  assert smallest < zoo_builder.smallest_vector('fixed') == 16880 + 75988
+  zoo_builder.check_fits(config, memory_bytes=1000 * 20 * smallest * 4)
+  with pytest.raises(ValueError, match='num_models=1000 cannot fit'):
+    zoo_builder.check_fits(config, memory_bytes=1000 * 20 * smallest * 4 - 1)

@@ -1,5 +1,6 @@
 """A zoo workdir end to end: build, Orbax round trip, load_zoo, determinism, resume."""
 
+import json
 import os
 
 import jax
@@ -147,3 +148,22 @@ def test_overwrite_refuses_a_stranger_in_the_replacement_place_or_a_data_dir_ins
     f.write('a file of the user')
   with pytest.raises(zoo_builder.WorkdirError, match='not written by train_zoo'):
     zoo_builder.check_workdir(str(workdir), config, resume=False, overwrite=True)
+
+
+def test_resume_refuses_a_hand_edited_config(tmp_path):
+  # The seed edited in config.json of a checkpointed zoo: resuming would list the new seed's
+  # properties beside weights trained with the old seed's.
+  workdir = str(tmp_path / 'zoo')
+  build_crashing_after(CONFIG, workdir, 1)
+  path = os.path.join(workdir, zoo_lib.CONFIG_FILE)
+  with open(path) as f:
+    saved = json.load(f)
+  saved['zoo']['seed'] = 7
+  with open(path, 'w') as f:
+    json.dump(saved, f)
+  before = file_state(workdir)
+  edited = zoo_builder.load_config(workdir)
+  with pytest.raises(zoo_builder.WorkdirError, match='started with other options or model '
+                     'properties'):
+    zoo_builder.build_zoo(edited, workdir, resume=True)
+  assert file_state(workdir) == before

@@ -24,9 +24,12 @@ at the end. Timings are means of `config.repeats` calls after an untimed one. Ro
   in one jitted `fori_loop` of SLICE_READ_STEPS steps (each slice summed, so it is read);
   `slices_per_s`, `bytes_per_s` (slice bytes gathered per second).
 - `measure='disk_load'`: the [M, 20, n] snapshots written with `snapshots.save_snapshots`
-  (`save_s`, synchronous) and read back with `snapshots.load_snapshots` (`load_s`,
-  `bytes_per_s` = bytes / load_s). The file system's cache is not dropped: right after the
-  write the read is likely served from memory, so this is Orbax's restore path more than the disk.
+  (`save_s`, synchronous, with their checksums) and read back with `snapshots.load_snapshots`
+  (`load_s`, checksums verified, as `load_zoo` reads; `bytes_per_s` = bytes / load_s), and
+  without verifying (`load_unverified_s`); `verify_s`: `snapshots.verify_checksums` alone on the
+  loaded snapshots, `checksum_bytes_per_s` = bytes / verify_s. The file system's cache is not
+  dropped: right after the write the read is likely served from memory, so this is Orbax's
+  restore path more than the disk.
 
 A size that runs out of device memory gives a row with `error='out of memory'`.
 """
@@ -191,11 +194,16 @@ def _slice_rows(config: common.BenchConfig, directory: str, n: int) -> Iterator[
   snapshots_lib.save_snapshots(path, host, numbers)
   save_s = time.perf_counter() - t0
   del host
-  snapshots_lib.load_snapshots(path)  # untimed: Orbax's first restore
+  loaded = snapshots_lib.load_snapshots(path)  # untimed: Orbax's first restore
   load_s = _mean_wall(lambda: snapshots_lib.load_snapshots(path), config.repeats)
+  load_unverified_s = _mean_wall(lambda: snapshots_lib.load_snapshots(path, verify=False),
+                                 config.repeats)
+  verify_s = _mean_wall(lambda: snapshots_lib.verify_checksums(path, *loaded), config.repeats)
   shutil.rmtree(path, ignore_errors=True)
   yield dict(base, measure='disk_load', bytes=total_bytes, save_s=save_s, load_s=load_s,
-             bytes_per_s=total_bytes / load_s, **common.device_fields())
+             bytes_per_s=total_bytes / load_s, load_unverified_s=load_unverified_s,
+             verify_s=verify_s, checksum_bytes_per_s=total_bytes / verify_s,
+             **common.device_fields())
 
 
 def run(config: common.BenchConfig) -> Iterator[dict]:

@@ -6,6 +6,7 @@ and the baseline and writes their CSVs and PNGs, all into a hidden sibling of th
 replaces it only once complete (an error leaves the workdir exactly as it was). The source is a
 zoo of ours (a workdir path) or the published release read from disk (`source.from_release`).
 `evaluate_workdir(workdir)` reruns the evaluations from the saved checkpoint without training.
+Both hold the workdir's lock (workdir_lock.hold) while they run: a second writer of it is refused.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import numpy as np
 import pandas as pd
 
+from nws_jax import workdir_lock
 from nws_jax import zoo as zoo_lib
 from nws_jax.meta import baseline as baseline_lib
 from nws_jax.meta import evaluate as evaluate_lib
@@ -129,6 +131,7 @@ def plan(config: train_lib.MetaConfig, source: source_lib.WeightSource):
   return split, targets
 
 
+@workdir_lock.holding('workdir', 'train_meta')
 def train_and_evaluate(config: train_lib.MetaConfig, source: source_lib.WeightSource | str,
                        workdir: str, *, options: EvalOptions = EvalOptions(),
                        overwrite: bool = False, progress: bool = False) -> Results:
@@ -144,6 +147,8 @@ def train_and_evaluate(config: train_lib.MetaConfig, source: source_lib.WeightSo
   store.check_workdir(workdir, overwrite=overwrite, protect=inputs)
   check = lambda out: store.check_workdir(out, overwrite=overwrite, protect=inputs)
   with zoo_lib.OutputFolder(workdir, check) as tmp:
+    # Marked from the start: what a killed run leaves may be swept (zoo.remove_partial_folders).
+    zoo_lib.write_marker(tmp, 'meta')
     damaged = getattr(source.reader, 'damaged', None)
     if damaged is not None and len(damaged):
       zoo_lib.write_csv_atomic(damaged, os.path.join(tmp, DAMAGED_FILE))
@@ -163,6 +168,7 @@ def input_paths(source: source_lib.WeightSource) -> list[str]:
   return [d['zoo']]
 
 
+@workdir_lock.holding('workdir', 'train_meta --evaluate_only')
 def evaluate_workdir(workdir: str, *, options: dict | None = None,
                      zoo_dir: str | None = None) -> Results:
   """Reruns the evaluations of a saved run (on the nets it read unless `zoo_dir` is given), with

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from typing import Sequence
 
 import jax
@@ -50,13 +52,16 @@ class MetaWorkdirError(RuntimeError):
 
 
 def check_workdir(workdir: str, *, overwrite: bool, protect: Sequence[str] = ()) -> None:
-  """Raises MetaWorkdirError unless a run may be written to `workdir`: absent, an empty folder,
-  or, with overwrite, a meta-classifier run that train_meta wrote (its marker file:
-  zoo.replace_refusal) that neither holds nor lies inside one of the inputs in `protect` (the
-  zoo, the release's CSVs and nets).
+  """Raises MetaWorkdirError unless a run may be written to `workdir`: not inside one of the
+  inputs in `protect` (the zoo, the release's CSVs and nets), and absent, an empty folder, or,
+  with overwrite, a meta-classifier run that train_meta wrote (its marker file:
+  zoo.replace_refusal) that holds none of them.
   Touches nothing: the run is written elsewhere and moved into place (zoo.OutputFolder)."""
   if os.path.lexists(workdir) and not os.path.isdir(workdir):
     raise MetaWorkdirError(f'workdir {workdir} exists and is not a directory')
+  inside = zoo_lib.inside_input(workdir, protect)
+  if inside:
+    raise MetaWorkdirError(f'workdir {workdir} {inside}')
   if not os.path.isdir(workdir) or not os.listdir(workdir):
     return
   if not overwrite:
@@ -79,15 +84,37 @@ def _read_json(path: str):
         from e
 
 
+def save_checkpoint(path: str, tree) -> None:
+  """Saves the pytree `tree` with Orbax at `path` and returns once every writer of it is done.
+
+  Orbax writes in background threads; when one fails (a full disk), waiting raises that error
+  while the others may still be writing, and its metadata writer keeps running until the
+  checkpointer is closed. So the checkpointer is closed, and each thread the save started
+  joined, before anything is raised: once this returns or raises, nothing writes under `path`
+  any more, and the caller may remove it for good (zoo.OutputFolder)."""
+  before = set(threading.enumerate())
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    checkpointer.save(path, tree, force=True)
+    checkpointer.wait_until_finished()
+  except BaseException:
+    try:
+      checkpointer.close()
+    except Exception:  # pylint: disable=broad-except
+      pass  # the same failure, being raised
+    deadline = time.monotonic() + 60
+    for thread in set(threading.enumerate()) - before:
+      thread.join(max(0.0, deadline - time.monotonic()))
+    raise
+  checkpointer.close()
+
+
 def save_run(workdir: str, run: train_lib.MetaRun, source: dict,
              failed: dict | None = None) -> None:
   """Writes the checkpoint first and the JSON files after it: a run.json means a usable run.
   failed: what the run did with failed models (`pipeline.failed_note`), kept in run.json."""
-  checkpointer = ocp.StandardCheckpointer()
   path = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
-  checkpointer.save(path, {'params': run.params, 'batch_stats': run.batch_stats}, force=True)
-  checkpointer.wait_until_finished()
-  checkpointer.close()
+  save_checkpoint(path, {'params': run.params, 'batch_stats': run.batch_stats})
   zoo_lib.write_marker(workdir, 'meta')
   zoo_lib.write_csv_atomic(run.history, os.path.join(workdir, HISTORY_FILE))
   split_lib.save_split(os.path.join(workdir, SPLIT_FILE), run.split)

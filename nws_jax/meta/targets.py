@@ -84,7 +84,12 @@ def make_targets(table: pd.DataFrame, names: Sequence[str],
       std = float(values.std()) or 1.0
       targets.append(PropertyTarget(name, (), float(values.mean()), std))
     else:
-      targets.append(PropertyTarget(name, tuple(_plain(v) for v in sorted(column.unique()))))
+      classes = tuple(_plain(v) for v in sorted(column.unique()))
+      undefined = [c for c in classes if c not in space.PROPERTY_DOMAINS.get(name, classes)]
+      if undefined:
+        raise PropertyError(f'{name}={undefined[0]!r} is not a class PROTOCOL §1 defines '
+                            f'({", ".join(map(str, space.PROPERTY_DOMAINS[name]))})')
+      targets.append(PropertyTarget(name, classes))
   return targets
 
 

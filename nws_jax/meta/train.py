@@ -102,6 +102,8 @@ class MetaConfig:
       raise ValueError(f'learning_rate must be a positive number, got {self.learning_rate}')
     if self.seed < 0:
       raise ValueError(f'seed must be non-negative, got {self.seed}')
+    if self.seed >= 2 ** 32:  # jax.random.key keeps 32 bits: 2**32 would act as 0
+      raise ValueError(f'seed must be below 2**32, got {self.seed}')
     if self.part not in slices_lib.PARTS:
       raise ValueError(f'unknown part {self.part!r}; choose from: ' + ', '.join(slices_lib.PARTS))
     if not self.dense_widths or min(self.dense_widths) < 1:

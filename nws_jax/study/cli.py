@@ -2,9 +2,10 @@
 
 A script checks its own knobs, then calls `run(name, title, argv, settings, study, *args)`: the
 scale's preset with every flag given applied over it, the study workdir opened
-(runner.open_study), `studies.<study>(study, *args)` run, and summary.md written. Usage errors
-and unusable inputs exit 2 with one line on stderr, touching nothing; a SIGTERM'd zoo build
-exits 143 and continues with --resume.
+(runner.open_study), `studies.<study>(study, *args)` run, and summary.md written, all holding
+the workdir's lock (workdir_lock.hold). Usage errors, unusable inputs and a workdir that another
+study is writing exit 2 with one line on stderr, touching nothing; a SIGTERM'd zoo build or
+meta-classifier run exits 143 and continues with --resume.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from absl import flags
 
 from nws_jax import cli
+from nws_jax import workdir_lock
 
 FLAGS = flags.FLAGS
 
@@ -131,19 +133,21 @@ def run(name: str, title: str, argv, settings: dict, study_fn: str, *args) -> No
   from nws_jax.study import studies
 
   try:
-    scale = scale_from_flags(name)
-    study = runner.open_study(name, scale, FLAGS.workdir, settings=settings,
-                              zoos={'fixed': FLAGS.fixed_zoo, 'mixed': FLAGS.mixed_zoo},
-                              resume=FLAGS.resume, overwrite=FLAGS.overwrite,
-                              progress=FLAGS.progress)
-    sections = getattr(studies, study_fn)(study, *args)
-    text = report.summary(study, title, sections, runner.command_line())
-    study.write_text(text, 'summary.md')
-  except zoo_builder.Preempted as e:
+    # One writer per study workdir: a second study on it is refused before any check.
+    with workdir_lock.hold(FLAGS.workdir, name):
+      scale = scale_from_flags(name)
+      study = runner.open_study(name, scale, FLAGS.workdir, settings=settings,
+                                zoos={'fixed': FLAGS.fixed_zoo, 'mixed': FLAGS.mixed_zoo},
+                                resume=FLAGS.resume, overwrite=FLAGS.overwrite,
+                                progress=FLAGS.progress)
+      sections = getattr(studies, study_fn)(study, *args)
+      text = report.summary(study, title, sections, runner.command_line())
+      study.write_text(text, 'summary.md')
+  except (zoo_builder.Preempted, runner.Terminated) as e:
     print(f'{name}: {e}', file=sys.stderr)
     sys.exit(143)
   except (ValueError, OSError, runner.StudyError, zoo_lib.ZooError, zoo_builder.WorkdirError,
-          store.MetaWorkdirError) as e:
+          store.MetaWorkdirError, workdir_lock.LockedError) as e:
     fail(str(e))
   print(text)
   print(f'{name}: results in {os.path.abspath(FLAGS.workdir)} (summary.md, CSVs and PNGs)')

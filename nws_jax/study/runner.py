@@ -7,7 +7,11 @@ Layout of a study workdir:
   *.csv, *.png, summary.md   the study's results, written last, each atomically
 
 A zoo interrupted while training continues from its checkpoint on resume; a meta run is either
-complete or absent. Nothing outside the workdir is written; given zoos are only read.
+complete or absent (SIGTERM during one removes what it wrote, and exits 143 through
+study/cli.run; the hidden folder of one killed outright is removed on resume). Nothing
+outside the workdir is written but its lock file, while the command line (study/cli.run)
+holds the workdir's lock (workdir_lock.hold: one writer per folder; each meta run holds its
+own too, pipeline.train_and_evaluate); given zoos are only read.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 
 import pandas as pd
@@ -39,6 +45,32 @@ META_DIR = 'meta'
 
 class StudyError(RuntimeError):
   """A study that cannot run as asked (one line)."""
+
+
+class Terminated(BaseException):
+  """SIGTERM stopped a meta-classifier run of the study, which kept nothing of it; --resume runs
+  it again. A BaseException, as KeyboardInterrupt: no `except Exception` takes it for an error."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises(what: str):
+  """Inside the block SIGTERM raises Terminated (in the main thread; elsewhere nothing changes),
+  so that the run unwinds and its hidden folder is removed (zoo.OutputFolder, once Orbax's
+  writers are done: store.save_checkpoint) instead of the process dying on the spot."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def terminate(signum, frame):
+    del signum, frame
+    raise Terminated(f'stopped by SIGTERM during {what}, which kept nothing; --resume runs it '
+                     'again')
+
+  previous = signal.signal(signal.SIGTERM, terminate)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def zoo_dir_name(kind: str) -> str:
@@ -130,7 +162,8 @@ class Study:
       return MetaResult(run, workdir, zoo, config, pipeline.read_results(workdir))
     with self._step(name, f'meta-classifiers on the {kind} zoo (slices of {config.slice_length} '
                           f'weights, {config.part} part, snapshots {config.first_snapshot}-'
-                          f'{config.last_snapshot}, {config.epochs} epochs)'):
+                          f'{config.last_snapshot}, {config.epochs} epochs)'), \
+        _sigterm_raises(name):
       results = pipeline.train_and_evaluate(config, zoo, workdir,
                                             options=options or self.scale.options,
                                             progress=self.progress)
@@ -190,6 +223,8 @@ def open_study(name: str, scale: scale_lib.Scale, workdir: str, *, settings: dic
       differ = sorted(k for k in record if saved.get(k) != record[k])
       raise StudyError(f'cannot resume {workdir}: it was started with other '
                        f'{"/".join(differ)} (see {os.path.join(workdir, STUDY_FILE)})')
+    # What meta runs of a killed study left (their hidden, marked folders): run again below.
+    zoo_lib.remove_partial_folders(os.path.join(workdir, META_DIR))
   elif filled and overwrite:
     clash = zoo_lib.input_clash(workdir, list(zoos.values()))
     if clash:
