@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the whole new one, never half of it."""
+"""Atomic file writes (a reader sees the old file or the whole new one, never half of it), and
+the folders a makedirs would create."""
 
 from __future__ import annotations
 
@@ -25,3 +26,15 @@ def write_atomic(path: str, write: Callable[[IO], object], mode: str = 'wb') -> 
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def missing_parents(folder: str) -> list[str]:
+  """The folders, deepest first, that os.makedirs(folder) would create."""
+  missing = []
+  while folder and not os.path.exists(folder):
+    missing.append(folder)
+    parent = os.path.dirname(folder)
+    if parent == folder:
+      break
+    folder = parent
+  return missing

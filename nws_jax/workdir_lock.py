@@ -36,6 +36,8 @@ import threading
 import time
 from typing import Callable, Iterator
 
+from nws_jax import files
+
 LOCK_SUFFIX = '.lock'
 _ATTEMPTS = 20  # times a lock file unlinked by its releasing holder is opened afresh
 _READ_WAIT_S = 1.0  # how long to wait for a new holder to write its record
@@ -199,13 +201,7 @@ def _release(fd: int, path: str) -> None:
 
 def _make_parents(folder: str) -> list[str]:
   """Creates `folder` and its missing parents; returns those created, deepest first."""
-  missing = []
-  while folder and not os.path.exists(folder):
-    missing.append(folder)
-    parent = os.path.dirname(folder)
-    if parent == folder:
-      break
-    folder = parent
+  missing = files.missing_parents(folder)
   if missing:
     os.makedirs(missing[0], exist_ok=True)
   return missing

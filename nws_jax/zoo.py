@@ -414,18 +414,6 @@ def write_json_atomic(obj, path: str) -> None:
   files.write_atomic(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True), mode='w')
 
 
-def _missing_parents(folder: str) -> list[str]:
-  """The folders, deepest first, that os.makedirs(folder) would create."""
-  missing = []
-  while folder and not os.path.exists(folder):
-    missing.append(folder)
-    parent = os.path.dirname(folder)
-    if parent == folder:
-      break
-    folder = parent
-  return missing
-
-
 # The errno of a write that failed for lack of room: a full disk, a quota, or a file-size limit
 # (RLIMIT_FSIZE; the tests simulate a full disk with it).
 _NO_SPACE = {errno.ENOSPC: 'ENOSPC', errno.EDQUOT: 'EDQUOT', errno.EFBIG: 'EFBIG'}
@@ -518,7 +506,7 @@ class OutputFolder:
 
   def __enter__(self) -> str:
     parent = os.path.dirname(self.out)
-    self._created = _missing_parents(parent)
+    self._created = files.missing_parents(parent)
     os.makedirs(parent, exist_ok=True)
     try:
       self.tmp = tempfile.mkdtemp(dir=parent,
