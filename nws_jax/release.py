@@ -145,11 +145,11 @@ def _normalise(table: pd.DataFrame, where: str) -> pd.DataFrame:
       if (values != np.round(values)).any():
         raise ReleaseError(f'{where}: column {name!r} holds non-integer values')
       out[name] = values.astype(np.int64)
-  for name, allowed in space.PROPERTY_DOMAINS.items():
-    bad = ~out[name].isin(allowed)
-    if bad.any():
-      raise ReleaseError(f'{where}: column {name!r} holds {out[name][bad].iloc[0].item()!r}; '
-                         f'PROTOCOL §1 allows {", ".join(map(str, allowed))}')
+  outside = space.outside_domains(out)
+  if outside:
+    name, row = outside
+    raise ReleaseError(f'{where}: column {name!r} holds {out[name].iloc[row].item()!r}; '
+                       f'PROTOCOL §1 allows {", ".join(map(str, space.PROPERTY_DOMAINS[name]))}')
   unknown = ~out['dataset'].isin(datasets.ALL_NAMES)
   if unknown.any():
     raise ReleaseError(f'{where}: unknown dataset {out["dataset"][unknown].iloc[0]!r}; known: '

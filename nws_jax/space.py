@@ -40,6 +40,17 @@ PROPERTY_DOMAINS = dict(
     initialization=tuple(range(len(INITIALIZATIONS))), filter_size=FILTER_SIZES,
     depth_conv=DEPTHS_CONV, depth_fc=DEPTHS_FC, width_conv=WIDTHS_CONV, width_fc=WIDTHS_FC)
 
+def outside_domains(table) -> tuple[str, int] | None:
+  """(property, row position) of the first value of a models table (pandas DataFrame with the
+  PROPERTY_DOMAINS columns) that PROTOCOL §1 does not allow, in PROPERTY_DOMAINS order; None when
+  every value is allowed."""
+  for name, allowed in PROPERTY_DOMAINS.items():
+    bad = np.flatnonzero(~table[name].isin(allowed).to_numpy())
+    if len(bad):
+      return name, int(bad[0])
+  return None
+
+
 # nws_fixed: one architecture for every model (PROTOCOL §1, fixed-architecture mode).
 FIXED_ARCHITECTURE = dict(filter_size=5, depth_conv=3, depth_fc=2, width_conv=8, width_fc=128)
 

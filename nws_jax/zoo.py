@@ -249,24 +249,26 @@ def _check_models(table: pd.DataFrame, path: str) -> None:
     table[name] = values.astype(np.int64)
 
 
-def _cell(table: pd.DataFrame, name: str, row: int):
-  value = table[name].iloc[row]
+def _plain(value):
   return value.item() if isinstance(value, np.generic) else value
 
 
+def _cell(table: pd.DataFrame, name: str, row: int):
+  return _plain(table[name].iloc[row])
+
+
 def _describe(table: pd.DataFrame, row: int) -> str:
-  ids = table['model_id'] if 'model_id' in table else None
-  return f'model_id {_cell(table, "model_id", row)}' if ids is not None else f'row {row + 2}'
+  return f'model_id {_cell(table, "model_id", row)}' if 'model_id' in table else f'row {row + 2}'
 
 
 def _check_properties(table: pd.DataFrame, path: str, config: dict) -> None:
   """Every property in PROTOCOL §1's domains (datasets: those the zoo was built from), model ids
   unique, and as many models as the config says; ZooError naming the first model otherwise."""
-  for name, allowed in space.PROPERTY_DOMAINS.items():
-    bad = np.flatnonzero(~table[name].isin(allowed).to_numpy())
-    if len(bad):
-      raise ZooError(f'{path}: {_describe(table, bad[0])} has {name}={_cell(table, name, bad[0])!r}'
-                     f'; PROTOCOL §1 allows {", ".join(map(str, allowed))}')
+  outside = space.outside_domains(table)
+  if outside:
+    name, row = outside
+    raise ZooError(f'{path}: {_describe(table, row)} has {name}={_cell(table, name, row)!r}; '
+                   f'PROTOCOL §1 allows {", ".join(map(str, space.PROPERTY_DOMAINS[name]))}')
   lrate = pd.to_numeric(table['lrate'], errors='coerce').to_numpy(np.float64)
   bad = np.flatnonzero(~(np.isfinite(lrate) & (lrate > 0)))
   if len(bad):
@@ -303,8 +305,7 @@ def _property_rows(table: pd.DataFrame) -> dict[str, list]:
   """{model_id (or row index) as str: its 13 properties as JSON values}."""
   ids = table['model_id'] if 'model_id' in table else pd.Series(range(len(table)))
   values = table[list(space.PROPERTY_NAMES)].astype(object).to_numpy()
-  return {str(i): [v.item() if isinstance(v, np.generic) else v for v in row]
-          for i, row in zip(ids.tolist(), values)}
+  return {str(i): [_plain(v) for v in row] for i, row in zip(ids.tolist(), values)}
 
 
 def write_record(folder: str) -> None:
@@ -351,7 +352,7 @@ def _check_record(workdir: str, config: dict, table: pd.DataFrame) -> None:
     changed = [(n, a, b) for n, a, b in zip(space.PROPERTY_NAMES, trained[model_id], values)
                if not _same_value(a, b)]
     if changed:
-      (name, was, now), = changed[:1]
+      name, was, now = changed[0]
       raise ZooError(f'{os.path.join(workdir, MODELS_FILE)}: model_id {model_id} has '
                      f'{name}={now!r}, but it was trained with {name}={was!r}; the table was '
                      'edited (its weights would be mislabelled)')
@@ -361,8 +362,8 @@ def _checksum_error(workdir: str, table: pd.DataFrame, models: list[int]) -> Zoo
   """The one-line error for snapshots of `models` (0-based, in models.csv order) that do not
   match their checksums, naming the first by index and model_id."""
   first = models[0]
-  ids = table['model_id'] if 'model_id' in table else None
-  named = f' (model_id {ids.iloc[first]})' if ids is not None and first < len(ids) else ''
+  named = (f' (model_id {_cell(table, "model_id", first)})'
+           if 'model_id' in table and first < len(table) else '')
   more = f' (and {len(models) - 1} more models)' if len(models) > 1 else ''
   return ZooError(f'{workdir}: snapshots of model {first}{named} do not match their checksum'
                   f'{more}: the file is damaged')

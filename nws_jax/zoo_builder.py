@@ -149,20 +149,17 @@ def check_fits(config: ZooConfig, memory_bytes: int | None = None) -> None:
   (`memory_bytes`, default: its physical memory)."""
   if memory_bytes is None:
     memory_bytes = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-  needed = config.num_models * config.num_snapshots * smallest_vector(config.architecture) * 4
+  smallest = smallest_vector(config.architecture)
+  needed = config.num_models * config.num_snapshots * smallest * 4
   if needed > memory_bytes:
     raise ValueError(f'num_models={config.num_models} cannot fit: its snapshots alone need at '
                      f'least {needed / 2**30:,.0f} GiB of host memory ({config.num_snapshots} '
-                     f'float32 vectors of at least {smallest_vector(config.architecture):,} '
-                     f'weights per model), this machine has {memory_bytes / 2**30:,.0f} GiB')
+                     f'float32 vectors of at least {smallest:,} weights per model), this '
+                     f'machine has {memory_bytes / 2**30:,.0f} GiB')
 
 
 class WorkdirError(RuntimeError):
   """The workdir cannot be used as asked (not empty, nothing to resume, other config)."""
-
-
-class _Mismatch(Exception):
-  """A checkpoint of another run's config or model properties."""
 
 
 class Preempted(RuntimeError):
@@ -222,8 +219,9 @@ def check_workdir(workdir: str, config: ZooConfig, *, resume: bool, overwrite: b
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f'workdir {workdir} exists and is not a directory')
   exists = os.path.isdir(workdir) and os.listdir(workdir)
-  if resume and resume_folder(workdir) != workdir:
-    _check_resumable(resume_folder(workdir), config)
+  pending = resume_folder(workdir) if resume else workdir
+  if pending != workdir:
+    _check_resumable(pending, config)
     return 'resume'
   if exists and overwrite:
     refusal = zoo_lib.replace_refusal(workdir, 'zoo', 'train_zoo')
@@ -394,8 +392,12 @@ class _StateCheckpointer:
     try:
       tree = self._manager.restore(step, args=ocp.args.StandardRestore())
       # Checkpoints written before the digest existed have none, and are trusted.
-      if 'started_with' in tree and self._digest is not None and not np.array_equal(tree['started_with'], self._digest):
-        raise _Mismatch()
+      if ('started_with' in tree and self._digest is not None
+          and not np.array_equal(tree['started_with'], self._digest)):
+        folder = os.path.dirname(os.path.abspath(self._directory))
+        raise WorkdirError(f'cannot resume {folder}: its checkpoint was started with other '
+                           f'options or model properties than {zoo_lib.CONFIG_FILE} now gives '
+                           '(was it edited?); restore it, or start again with --overwrite')
       schedule = {k: np.asarray(v) for k, v in tree['schedule'].items()}
       trainer.restore_schedule(schedule)
       _, treedef = jax.tree.flatten(trainer.init_state())
@@ -408,11 +410,6 @@ class _StateCheckpointer:
       result = trainer_lib.TrainResult(state, stopping, np.asarray(tree['curves']),
                                        np.asarray(tree['losses']), float(tree['seconds']),
                                        np.asarray(tree['exports']), schedule, int(tree['epoch']))
-    except _Mismatch:
-      folder = os.path.dirname(os.path.abspath(self._directory))
-      raise WorkdirError(f'cannot resume {folder}: its checkpoint was started with other options '
-                         f'or model properties than {zoo_lib.CONFIG_FILE} now gives (was it '
-                         'edited?); restore it, or start again with --overwrite') from None
     except (ValueError, KeyError, TypeError, OSError) as e:
       message = str(e).splitlines()[0] if str(e) else type(e).__name__
       raise WorkdirError(f'cannot resume: the checkpoint {self._directory}/{step} is unreadable '
