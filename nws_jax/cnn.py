@@ -201,7 +201,65 @@ def conv2d(x: jax.Array, kernel: jax.Array, impl: str = 'im2col') -> jax.Array:
   xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
   patches = jnp.concatenate(
       [xp[:, dy:dy + h, dx:dx + w, :] for dy in range(k) for dx in range(k)], axis=-1)
-  return jnp.matmul(patches, kernel.reshape(k * k * c, o), precision=PRECISION)
+  return matmul(patches, kernel.reshape(k * k * c, o))
+
+
+# XLA:CPU's matmuls split a long contraction over its intra-op threads, and the split (so the
+# last bits) depends on the thread count, which is max(cores, devices). `matmul` contracts in
+# fixed chunks instead: a dense layer's inputs (few rows, long K) in chunks of CONTRACTION_K, a
+# weight gradient's rows in chunks of CONTRACTION_ROWS; chunk partial products are summed by an
+# ordinary reduction, whose order does not depend on threads. On other backends a matmul is one
+# matmul (a GPU's does not depend on how many GPUs there are).
+CONTRACTION_K = 128
+CONTRACTION_ROWS = 128
+_FEW_ROWS = 4096  # below this many rows, a long K would be split over threads
+
+
+def _chunks(size: int, most: int) -> int:
+  """How many equal chunks of at most `most` split `size` (1: none, and always 1 off the CPU)."""
+  if jax.default_backend() != 'cpu':
+    return 1
+  return next(c for c in range(-(-size // most), size + 1) if size % c == 0)
+
+
+def _contract(x: jax.Array, w: jax.Array, chunks: int) -> jax.Array:
+  """x [m, K] @ w [K, n], the K axis in `chunks` equal chunks summed in order."""
+  if chunks == 1:
+    return jnp.matmul(x, w, precision=PRECISION)
+  m, k = x.shape
+  parts = jnp.einsum('mck,ckn->cmn', x.reshape(m, chunks, k // chunks),
+                     w.reshape(chunks, k // chunks, -1), precision=PRECISION)
+  return parts.sum(axis=0)
+
+
+def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+  k = w.shape[0]
+  rows = x.reshape(-1, k)
+  chunks = _chunks(k, CONTRACTION_K) if rows.shape[0] < _FEW_ROWS else 1
+  return _contract(rows, w, chunks).reshape(x.shape[:-1] + w.shape[1:])
+
+
+@jax.custom_vjp
+def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+  """x [..., K] @ w [K, N] -> [..., N], with results that do not depend on XLA:CPU's thread
+  count (see CONTRACTION_K)."""
+  return _matmul(x, w)
+
+
+def _matmul_fwd(x, w):
+  return _matmul(x, w), (x, w)
+
+
+def _matmul_bwd(res, g):
+  x, w = res
+  k, n = w.shape
+  rows, grads = x.reshape(-1, k), g.reshape(-1, n)
+  dw = _contract(rows.T, grads, _chunks(rows.shape[0], CONTRACTION_ROWS))
+  dx = jnp.matmul(g, w.T, precision=PRECISION)
+  return dx, dw
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -261,13 +319,12 @@ def apply(params: Params, stats: Stats, images: jax.Array, activation: jax.Array
     elif spec.batch_norm:
       if x.ndim > 2:
         x = x.reshape(x.shape[0], -1)
-      y = activate(jnp.matmul(x, layer['kernel'], precision=PRECISION) + layer['bias'],
-                   activation)
+      y = activate(matmul(x, layer['kernel']) + layer['bias'], activation)
       x, new_stats[spec.name] = _batch_norm(y, layer, stats[spec.name], (0,), train)
       if train_dropout:
         x = jnp.where(next(keeps), x / DROPOUT_KEEP, 0.0)
     else:
-      x = jnp.matmul(x, layer['kernel'], precision=PRECISION) + layer['bias']
+      x = matmul(x, layer['kernel']) + layer['bias']
   return x, new_stats
 
 

@@ -10,6 +10,13 @@ RMSProp (decay 0.9, no momentum, eps 1e-10 inside the square root, mean square s
 momentum SGD (0.95, `accum = 0.95 accum + g; w -= lr accum`). One difference remains: optax
 adds Adam's epsilon to the bias-corrected sqrt(v̂), TensorFlow 1 to the uncorrected sqrt(v)
 (its "epsilon hat"); they differ only where sqrt(v) is near 1e-8.
+
+Adam's step is written here (state as optax's `ScaleByAdamState`) rather than taken from optax:
+optax divides every moment by a per-model bias correction, and XLA rewrites such a division
+(into a multiplication by the reciprocal, or merges it with the next one) in some compiled
+programs and not in others; the zoo's one-device and many-device programs then differ in the
+last bits. Multiplying by the reciprocal of the correction, explicitly, leaves nothing to
+rewrite.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ import optax
 ADAM, RMSPROP, MOMENTUM = 0, 1, 2
 MOMENTUM_DECAY = 0.95
 
-_adam = optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
+ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
+_adam = optax.scale_by_adam(b1=ADAM_B1, b2=ADAM_B2, eps=ADAM_EPS)  # its init only
 _rms = optax.scale_by_rms(decay=0.9, eps=1e-10, initial_scale=1.0)
 _momentum = optax.trace(decay=MOMENTUM_DECAY, nesterov=False)
 
@@ -45,7 +53,7 @@ def update(grads, state: OptState, params, optimizer: jax.Array, lrate: jax.Arra
   Only the chosen optimizer's state advances, so a model's trajectory is exactly that of
   training with its optimizer alone.
   """
-  upd_adam, s_adam = _adam.update(grads, state.adam)
+  upd_adam, s_adam = _adam_update(grads, state.adam)
   upd_rms, s_rms = _rms.update(grads, state.rms)
   upd_mom, s_mom = _momentum.update(grads, state.momentum)
 
@@ -59,3 +67,15 @@ def update(grads, state: OptState, params, optimizer: jax.Array, lrate: jax.Arra
   new_state = OptState(pick(ADAM, s_adam, state.adam), pick(RMSPROP, s_rms, state.rms),
                        pick(MOMENTUM, s_mom, state.momentum))
   return new_params, new_state
+
+
+def _adam_update(grads, state: optax.ScaleByAdamState):
+  """optax's `scale_by_adam` step (same state, same values up to rounding), bias corrections
+  applied as multiplications by their reciprocals (see the module's docstring)."""
+  mu = jax.tree.map(lambda g, m: (1 - ADAM_B1) * g + ADAM_B1 * m, grads, state.mu)
+  nu = jax.tree.map(lambda g, v: (1 - ADAM_B2) * (g * g) + ADAM_B2 * v, grads, state.nu)
+  count = optax.safe_increment(state.count)
+  t = count.astype(jnp.float32)
+  inv1, inv2 = 1 / (1 - ADAM_B1 ** t), 1 / (1 - ADAM_B2 ** t)
+  updates = jax.tree.map(lambda m, v: (m * inv1) / (jnp.sqrt(v * inv2) + ADAM_EPS), mu, nu)
+  return updates, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)

@@ -25,37 +25,29 @@ def model_mesh(devices=None) -> Mesh:
   return Mesh(np.asarray(devices), (MODELS,))
 
 
-def round_up(n: int, mesh: Mesh) -> int:
-  """The smallest multiple of the mesh's device count that is at least n (and at least one)."""
-  size = mesh.size
+def round_up(n: int, mesh: Mesh, chunk: int = 1) -> int:
+  """The smallest multiple of (the mesh's device count × chunk) that is at least n, and at least
+  one such multiple."""
+  size = mesh.size * chunk
   return max(1, -(-n // size)) * size
 
 
 def model_sharding(mesh: Mesh) -> jax.sharding.Sharding:
   """Leading axis split over the mesh, the rest whole."""
-  if mesh.size == 1:
-    return _single(mesh)
   return NamedSharding(mesh, PartitionSpec(MODELS))
 
 
 def replicated(mesh: Mesh) -> jax.sharding.Sharding:
-  if mesh.size == 1:
-    return _single(mesh)
   return NamedSharding(mesh, PartitionSpec())
-
-
-def _single(mesh: Mesh) -> jax.sharding.SingleDeviceSharding:
-  # What a one-device program's outputs carry: inputs placed so hit the same compiled programs
-  # (a NamedSharding would be another cache key, and compile everything once more on resume).
-  return jax.sharding.SingleDeviceSharding(mesh.devices.flat[0])
 
 
 def per_device(fn, mesh: Mesh | None, in_specs: str, out_specs):
   """fn run by every device of `mesh` on its own shards, with no communication: in_specs has one
   letter per argument, 'M' split by models (leading axis) or 'R' whole on every device;
-  out_specs likewise, a letter or a tree of letters per output. On one device (or mesh None),
-  fn itself, so one-device programs stay as they always were."""
-  if mesh is None or mesh.size == 1:
+  out_specs likewise, a letter or a tree of letters per output. One device runs the same
+  partitioned program as several (XLA optimises an unpartitioned one otherwise, and its last bits
+  would differ). mesh None: fn itself."""
+  if mesh is None:
     return fn
   spec = {'M': PartitionSpec(MODELS), 'R': PartitionSpec()}
   return jax.shard_map(fn, mesh=mesh, in_specs=tuple(spec[s] for s in in_specs),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import math
 import os
 import time
 from typing import Callable, NamedTuple, Sequence
@@ -497,6 +498,27 @@ class Group:
   max_steps: int            # the longest epoch of a member, in steps
   masked: bool = True       # some member is smaller than `arch` (padded); False: none is
   num_slots: int = 0        # models trained at once (set by `ZooTrainer.reset_slots`)
+  planned: int = 0          # the models its slots are for, whatever the device count (the
+                            # members that fit, or the compacted size); num_slots rounds it up
+  chunk: int = 1            # models vmapped at once on a device (`vmap_chunk` of planned)
+
+
+def vmap_chunk(wanted: int, most: int, devices: int) -> int:
+  """Models vmapped at once, on each device, for a group that trains `wanted` models at a time.
+
+  XLA rounds a model's computation according to how many models share its vmap, so with a
+  bounded chunk (`most`, the CPU's) the chunk does not depend on the device count: the fewest
+  chunks of at most `most`, made even; slots are rounded up to a multiple of devices × chunk, and
+  every device count computes every model in the same context. With no bound (an accelerator's
+  default) each device vmaps its share."""
+  if most >= 1 << 30:
+    return -(-wanted // devices)
+  return -(-wanted // -(-wanted // most))
+
+
+def _divisor_at_most(n: int, most: int) -> int:
+  """The largest divisor of n that is at most `most` (at least 1)."""
+  return max(d for d in range(1, min(n, max(most, 1)) + 1) if n % d == 0)
 
 
 class ZooTrainer:
@@ -591,27 +613,39 @@ class ZooTrainer:
 
   def _compile(self):
     cfg = self.cfg
-    chunk = cfg.train_models_per_chunk or default_models_per_chunk()
     open_ = self.open_groups()
-    devices = self.mesh.size
     self._train = {id(self.groups[i]): _train_program(
         self.groups[i].arch, self.groups[i].batch_size,
         min(cfg.steps_per_call, self.groups[i].max_steps), self.conv_impl, cfg.augment,
-        min(chunk, self.groups[i].num_slots // devices), self.groups[i].masked, self.mesh,
-        cfg.bn_eval)
+        self.groups[i].chunk, self.groups[i].masked, self.mesh, cfg.bn_eval)
         for i in open_}
     # Programs that read every model's parameters (init, evaluation, export) run once per
     # padded architecture over its open groups (batch size does not change parameter shapes).
     self._arch_groups = [idx for idx in ([i for i in open_ if self.groups[i].arch == a]
                                          for a in self.archs) if idx]
-    slots = [sum(self.groups[i].num_slots for i in idx) for idx in self._arch_groups]
     archs = [self.groups[idx[0]].arch for idx in self._arch_groups]
     self._init = [_init_program(a, len(idx), self.mesh)
                   for a, idx in zip(archs, self._arch_groups)]
-    self._eval_all = [_eval_program(a, cfg.eval_batch_size, self.conv_impl,
-                                    min(cfg.eval_models_per_chunk, n // devices), self.mesh)
-                      for a, n in zip(archs, slots)]
+    self._eval_all = [_eval_program(a, cfg.eval_batch_size, self.conv_impl, self._eval_chunk(idx),
+                                    self.mesh)
+                      for a, idx in zip(archs, self._arch_groups)]
     self._flatten_all = [_flatten_program(a, self.mesh) for a in archs]
+
+  def _eval_chunk(self, groups: Sequence[int]) -> int:
+    """A chunk dividing every group's share of slots on a device, whatever the device count."""
+    return _divisor_at_most(math.gcd(*(self.groups[i].chunk for i in groups)),
+                            self.cfg.eval_models_per_chunk)
+
+  def _layout(self, planned: int) -> tuple[int, int]:
+    """(vmap chunk, slot count on this mesh) of a group whose slots are planned for `planned`
+    models."""
+    chunk = vmap_chunk(planned, self.cfg.train_models_per_chunk or default_models_per_chunk(),
+                       self.mesh.size)
+    return chunk, sharding.round_up(planned, self.mesh, chunk)
+
+  def _plan(self, g: Group, planned: int) -> None:
+    g.planned = planned
+    g.chunk, g.num_slots = self._layout(planned)
 
   def next_wave(self, state: list[ModelState]) -> list[ModelState]:
     """Closes the current wave (its states dropped, every compiled program released: XLA frees
@@ -637,8 +671,7 @@ class ZooTrainer:
     beyond its members stay empty."""
     self.wave = 0
     for g in self.groups:
-      g.num_slots = sharding.round_up(
-          min(len(g.members), self.cfg.slots_per_group or len(g.members)), self.mesh)
+      self._plan(g, min(len(g.members), self.cfg.slots_per_group or len(g.members)))
     self._compile()
     self.slot_models, self._slot_rows, self._queued = [], [], []
     for g in self.groups:
@@ -667,6 +700,7 @@ class ZooTrainer:
             'slot_rows': np.concatenate(self._slot_rows),
             'queued': np.asarray(self._queued, np.int64),
             'num_slots': np.asarray([g.num_slots for g in self.groups], np.int64),
+            'planned': np.asarray([g.planned for g in self.groups], np.int64),
             'wave': np.int64(self.wave)}
 
   def restore_schedule(self, schedule: dict) -> None:
@@ -674,11 +708,14 @@ class ZooTrainer:
     num_slots = np.asarray(schedule['num_slots'])
     if len(num_slots) != len(self.groups):
       raise ValueError('the saved schedule does not match this zoo\'s groups')
-    if np.any(num_slots % self.mesh.size):
-      raise ValueError(f'the saved run had slot counts {num_slots.tolist()}, which do not divide '
-                       f'over {self.mesh.size} devices; resume it on as many devices as it ran')
-    for g, n in zip(self.groups, num_slots):
-      g.num_slots = int(n)
+    # Checkpoints from before the device-independent chunks planned their slot counts.
+    planned = np.asarray(schedule.get('planned', num_slots))
+    for g, n in zip(self.groups, planned):
+      self._plan(g, int(n))
+    if not np.array_equal([g.num_slots for g in self.groups], num_slots):
+      raise ValueError(f'the saved run had slot counts {num_slots.tolist()}, which this zoo does '
+                       f'not lay out over {self.mesh.size} devices; resume it on as many devices '
+                       'as it ran, with the nws_jax that started it')
     self.wave = int(schedule['wave'])
     self._compile()
     bounds = np.cumsum([0] + [g.num_slots for g in self.groups])
@@ -740,7 +777,8 @@ class ZooTrainer:
       busy = np.flatnonzero((models >= 0) & running[np.maximum(models, 0)])
       if self._queued[i] < len(g.members) or g.num_slots == 1 or 2 * len(busy) > g.num_slots:
         continue
-      size = sharding.round_up(1 << max(0, int(np.ceil(np.log2(max(len(busy), 1))))), self.mesh)
+      planned = 1 << max(0, int(np.ceil(np.log2(max(len(busy), 1)))))
+      _, size = self._layout(planned)
       if size >= g.num_slots:
         continue
       keep = np.concatenate([busy, np.setdiff1d(np.arange(g.num_slots), busy)[:size - len(busy)]])
@@ -749,7 +787,7 @@ class ZooTrainer:
       self.slot_models[i] = np.where(idle, -1, models[keep])
       self._slot_rows[i] = self._slot_rows[i][keep]
       state[i] = _take_program(self.mesh)(state[i], sharding.put_replicated(keep, self.mesh))
-      g.num_slots = size
+      self._plan(g, planned)
       self._slot_hyper[i] = self._gather_hyper(i)
       changed = True
     if changed:
@@ -858,14 +896,12 @@ class ZooTrainer:
     counts = (np.zeros((self.num_models, 2)) if train_counts is None
               else np.asarray(train_counts, np.float64))
     state = list(state)
-    chunk = self.cfg.eval_models_per_chunk
     for i in self.open_groups():
       g, models = self.groups[i], self.slot_models[i]
       live = models >= 0
       pos = np.maximum(models, 0)
       program = _graph_eval_program(g.arch, g.batch_size, self.conv_impl, self.cfg.augment,
-                                    g.masked, min(chunk, g.num_slots // self.mesh.size),
-                                    self.mesh)
+                                    g.masked, self._eval_chunk([i]), self.mesh)
       results, state[i] = program(
           state[i], self._slot_hyper[i],
           sharding.put_models(np.where(live, epochs[pos], 0).astype(np.int32), self.mesh),

@@ -183,3 +183,30 @@ def test_dropout_only_in_training():
   c, _ = apply(params, stats, images, 0, arch=arch, train=False)
   d, _ = apply(params, stats, images, 0, arch=arch, train=False)
   np.testing.assert_array_equal(c, d)
+
+
+@pytest.mark.parametrize('rows,k,n', [(64, 512, 128), (2048, 75, 8), (300, 130, 7)])
+def test_chunked_matmul_equals_a_plain_one_with_its_gradients(rows, k, n):
+  # cnn.matmul contracts in fixed chunks (the same last bits on any XLA:CPU thread count); its
+  # value and both gradients are the plain product's to float tolerance, under vmap too.
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  x = jax.random.normal(keys[0], (2, rows, k))
+  w = jax.random.normal(keys[1], (2, k, n))
+  g = jax.random.normal(keys[2], (2, rows, n))
+
+  def vjp(fn):
+    out, back = jax.vjp(jax.vmap(fn), x, w)
+    return (out,) + back(g)
+
+  ours = vjp(cnn.matmul)
+  plain = vjp(lambda a, b: jnp.matmul(a, b, precision=cnn.PRECISION))
+  for a, b in zip(ours, plain):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-4 * np.sqrt(max(rows, k)))
+
+
+def test_chunks_split_a_length_evenly():
+  assert cnn._chunks(512, 128) == 4
+  assert cnn._chunks(65536, 128) == 512
+  assert cnn._chunks(75, 128) == 1
+  assert cnn._chunks(130, 128) == 2   # two chunks of 65
+  assert cnn._chunks(7 * 7 * 96, 128) == 42  # the widest 7x7 conv's K: chunks of 112

@@ -135,3 +135,32 @@ def test_slot_and_program_counts_must_be_positive(tiny_datasets, option):
   with pytest.raises(ValueError, match=option):
     trainer_lib.ZooTrainer(CONFIGS, [0, 1, 2, 3], data, NAMES, [250, 250],
                            trainer_lib.TrainConfig(**{option: 0}))
+
+
+def test_compaction_shrinks_the_vmap_chunk_and_a_resume_lays_it_out_again(tiny_datasets):
+  # With the CPU's default chunk (up to 8 models vmapped), a group of two vmaps both; compacted
+  # to its one running model it vmaps one, so a straggler does not pay for idle slots. The
+  # schedule carries the planned counts, and a resumed trainer lays out the same slots.
+  data = input_pipeline.stack(tiny_datasets)
+  sizes = [input_pipeline.balanced_size(d.train_labels) for d in tiny_datasets]
+
+  def make():
+    cfg = trainer_lib.TrainConfig(seed=2, rules=RULES, compact=True)
+    return trainer_lib.ZooTrainer(CONFIGS, [0, 1, 2, 3], data, NAMES, sizes, cfg)
+
+  trainer = make()
+  assert [(g.planned, g.chunk, g.num_slots) for g in trainer.groups] == [(2, 2, 2)] * 2
+  state = trainer.compact(trainer.init_state(), np.array([False, True, True, True]))
+  assert [(g.planned, g.chunk, g.num_slots) for g in trainer.groups] == [(1, 1, 1), (2, 2, 2)]
+  assert [m.tolist() for m in trainer.slot_models] == [[1], [2, 3]]
+  assert [s.params['logits']['bias'].shape[0] for s in state] == [1, 2]
+
+  resumed = make()
+  resumed.restore_schedule(trainer.schedule())
+  assert ([(g.planned, g.chunk, g.num_slots) for g in resumed.groups]
+          == [(g.planned, g.chunk, g.num_slots) for g in trainer.groups])
+  # A checkpoint from before planned counts were saved: its slot counts stand for themselves.
+  older = {k: v for k, v in trainer.schedule().items() if k != 'planned'}
+  resumed = make()
+  resumed.restore_schedule(older)
+  assert [g.num_slots for g in resumed.groups] == [1, 2]
