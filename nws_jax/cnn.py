@@ -14,6 +14,7 @@ batch norm); statistics: {layer_name: {'mean', 'var'}}. Layer names sort in netw
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -201,15 +202,18 @@ def conv2d(x: jax.Array, kernel: jax.Array, impl: str = 'im2col') -> jax.Array:
   xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
   patches = jnp.concatenate(
       [xp[:, dy:dy + h, dx:dx + w, :] for dy in range(k) for dx in range(k)], axis=-1)
-  return matmul(patches, kernel.reshape(k * k * c, o))
+  return matmul(patches, kernel.reshape(k * k * c, o), False)
 
 
 # XLA:CPU's matmuls split a long contraction over its intra-op threads, and the split (so the
 # last bits) depends on the thread count, which is max(cores, devices). `matmul` contracts in
 # fixed chunks instead: a dense layer's inputs (few rows, long K) in chunks of CONTRACTION_K, a
 # weight gradient's rows in chunks of CONTRACTION_ROWS; chunk partial products are summed by an
-# ordinary reduction, whose order does not depend on threads. On other backends a matmul is one
-# matmul (a GPU's does not depend on how many GPUs there are).
+# ordinary reduction, whose order does not depend on threads. A convolution's K (taps ×
+# channels) is not chunked: a padded model's K holds zeros between its own taps and channels,
+# and chunks would group its terms otherwise than the unpadded model's (one matmul adds the
+# zeros in place, exactly). On other backends a matmul is one matmul: the thread pool is
+# XLA:CPU's.
 CONTRACTION_K = 128
 CONTRACTION_ROWS = 128
 _FEW_ROWS = 4096  # below this many rows, a long K would be split over threads
@@ -232,25 +236,25 @@ def _contract(x: jax.Array, w: jax.Array, chunks: int) -> jax.Array:
   return parts.sum(axis=0)
 
 
-def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+def _matmul(x: jax.Array, w: jax.Array, chunk_k: bool) -> jax.Array:
   k = w.shape[0]
   rows = x.reshape(-1, k)
-  chunks = _chunks(k, CONTRACTION_K) if rows.shape[0] < _FEW_ROWS else 1
+  chunks = _chunks(k, CONTRACTION_K) if chunk_k and rows.shape[0] < _FEW_ROWS else 1
   return _contract(rows, w, chunks).reshape(x.shape[:-1] + w.shape[1:])
 
 
-@jax.custom_vjp
-def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def matmul(x: jax.Array, w: jax.Array, chunk_k: bool = True) -> jax.Array:
   """x [..., K] @ w [K, N] -> [..., N], with results that do not depend on XLA:CPU's thread
-  count (see CONTRACTION_K)."""
-  return _matmul(x, w)
+  count (see CONTRACTION_K); chunk_k False: K in one piece (convolutions)."""
+  return _matmul(x, w, chunk_k)
 
 
-def _matmul_fwd(x, w):
-  return _matmul(x, w), (x, w)
+def _matmul_fwd(x, w, chunk_k):
+  return _matmul(x, w, chunk_k), (x, w)
 
 
-def _matmul_bwd(res, g):
+def _matmul_bwd(chunk_k, res, g):
   x, w = res
   k, n = w.shape
   rows, grads = x.reshape(-1, k), g.reshape(-1, n)

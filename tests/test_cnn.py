@@ -185,8 +185,9 @@ def test_dropout_only_in_training():
   np.testing.assert_array_equal(c, d)
 
 
-@pytest.mark.parametrize('rows,k,n', [(64, 512, 128), (2048, 75, 8), (300, 130, 7)])
-def test_chunked_matmul_equals_a_plain_one_with_its_gradients(rows, k, n):
+@pytest.mark.parametrize('rows,k,n,chunk_k', [(64, 512, 128, True), (2048, 75, 8, True),
+                                             (300, 130, 7, True), (300, 130, 7, False)])
+def test_chunked_matmul_equals_a_plain_one_with_its_gradients(rows, k, n, chunk_k):
   # cnn.matmul contracts in fixed chunks (the same last bits on any XLA:CPU thread count); its
   # value and both gradients are the plain product's to float tolerance, under vmap too.
   keys = jax.random.split(jax.random.PRNGKey(0), 3)
@@ -198,7 +199,7 @@ def test_chunked_matmul_equals_a_plain_one_with_its_gradients(rows, k, n):
     out, back = jax.vjp(jax.vmap(fn), x, w)
     return (out,) + back(g)
 
-  ours = vjp(cnn.matmul)
+  ours = vjp(lambda a, b: cnn.matmul(a, b, chunk_k))
   plain = vjp(lambda a, b: jnp.matmul(a, b, precision=cnn.PRECISION))
   for a, b in zip(ours, plain):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-4 * np.sqrt(max(rows, k)))

@@ -2,6 +2,7 @@
 zoo and writes its CSVs, PNGs and summary; a resumed study reuses its finished runs; bad input
 exits 2 with one line and touches nothing."""
 
+import gc
 import json
 import os
 import shutil
@@ -305,6 +306,31 @@ def test_a_study_stopped_by_sigterm_during_a_meta_run_leaves_no_hidden_folder(sy
   assert 'stopped by SIGTERM during meta/where_all' in stderr, stderr[-3000:]
   assert not _partial_folders(meta)
   assert not os.path.exists(meta / 'where_all')
+
+
+def test_a_sigterm_that_lands_in_a_gc_callback_still_stops_the_run():
+  """Python ignores what a gc callback raises (JAX registers one): the handler sends the signal
+  again, so the run unwinds with Terminated instead of going on to its end."""
+  from nws_jax.study import runner
+  sent = []
+
+  def callback(phase, info):
+    del info
+    if phase == 'start' and not sent:
+      sent.append(True)
+      os.kill(os.getpid(), signal.SIGTERM)  # handled here, inside the callback
+
+  gc.callbacks.append(callback)
+  try:
+    with pytest.raises(runner.Terminated, match='which kept nothing'):
+      with runner._sigterm_raises('a test'):
+        gc.collect()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+          time.sleep(0.01)
+  finally:
+    gc.callbacks.remove(callback)
+  assert sent
 
 
 def test_a_meta_run_marks_its_hidden_folder_from_the_start(synthetic_zoo_dir, tmp_path,

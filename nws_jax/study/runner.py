@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import os
 import shutil
@@ -61,8 +62,15 @@ def _sigterm_raises(what: str):
     yield
     return
 
+  received = []
+
   def terminate(signum, frame):
-    del signum, frame
+    if _swallows_exceptions(frame):
+      # Raised here it would be printed and ignored: deliver the signal again in a moment, to
+      # land where it unwinds the run.
+      threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+      return
+    received.append(True)
     raise Terminated(f'stopped by SIGTERM during {what}, which kept nothing; --resume runs it '
                      'again')
 
@@ -71,6 +79,23 @@ def _sigterm_raises(what: str):
     yield
   finally:
     signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+  if received:
+    # The handler's exception was swallowed all the same (by a callback not recognised above),
+    # and the run went on to its end.
+    raise Terminated(f'stopped by SIGTERM during {what}, which finished and was kept; --resume '
+                     'goes on from there')
+
+
+def _swallows_exceptions(frame) -> bool:
+  """Whether code running in `frame` is inside a garbage-collector callback or a `__del__`,
+  whose exceptions Python prints and ignores (JAX registers a gc callback; a SIGTERM landing in
+  it was lost once, and the study ran on to exit 0)."""
+  callbacks = {getattr(cb, '__code__', None) for cb in gc.callbacks}
+  while frame is not None:
+    if frame.f_code in callbacks or frame.f_code.co_name == '__del__':
+      return True
+    frame = frame.f_back
+  return False
 
 
 def zoo_dir_name(kind: str) -> str:
