@@ -44,9 +44,9 @@ def replicated(mesh: Mesh) -> jax.sharding.Sharding:
 def per_device(fn, mesh: Mesh | None, in_specs: str, out_specs):
   """fn run by every device of `mesh` on its own shards, with no communication: in_specs has one
   letter per argument, 'M' split by models (leading axis) or 'R' whole on every device;
-  out_specs likewise, a letter or a tree of letters per output. One device runs the same
-  partitioned program as several (XLA optimises an unpartitioned one otherwise, and its last bits
-  would differ). mesh None: fn itself."""
+  out_specs likewise, a letter or a tree of letters per output. Every mesh goes through
+  `shard_map`, though on one device JAX lowers it without partitioning (docs/scale-out.md).
+  mesh None: fn itself."""
   if mesh is None:
     return fn
   spec = {'M': PartitionSpec(MODELS), 'R': PartitionSpec()}
