@@ -8,9 +8,9 @@ On a correct runtime every run gives the same bits.
 
   python experiments/xla_cpu_concurrency.py --devices=4 --rounds=3
 
-Measured on this project's 2-core CPU (jax 0.10.2): see docs/scale-out.md. The same training
-step jitted alone (one model, `trainer.train_steps` under `lax.map`, state donated) and run on
-the four devices at once did not show it; the trainer's own program does.
+Measured on this project's 2-core CPU (jax 0.10.2): see docs/scale-out.md, which also records
+how far it was narrowed (the step jitted for inputs with a NamedSharding on a 1-device mesh
+shows it; for inputs placed with `jax.device_put(x, device)` it does not).
 """
 
 import concurrent.futures
