@@ -59,11 +59,23 @@ class _QuietBackgroundSaves(python_logging.Filter):
     return not any(text in message for text in self._MESSAGES)
 
 
+class _QuietUnreadReads(python_logging.Filter):
+  """Drops asyncio's report of a future whose error nobody retrieved when that error is a
+  TensorStore read's: a failed Orbax restore of a damaged checkpoint leaves such futures behind,
+  and asyncio logs each whenever it is collected, after (or, in a long-lived process, long after)
+  our one-line error about the same damage."""
+
+  def filter(self, record) -> bool:
+    message = record.getMessage()
+    return not (message.startswith('Future exception was never retrieved')
+                and 'tensorstore' in message)
+
+
 def begin(prog: str, argv, required: tuple[str, ...] = ()) -> None:
   """The start of every main: no positional arguments, each flag in `required` given, absl
   logging at WARNING unless --verbosity is given (Orbax logs every read and save at INFO), and no
   stray traceback after a damaged checkpoint's error (`_quiet_closed_loop`) or a failed save
-  (`_QuietBackgroundSaves`)."""
+  (`_QuietBackgroundSaves`, `_QuietUnreadReads`)."""
   if len(argv) > 1:
     fail(prog, f'unexpected arguments: {" ".join(argv[1:])}')
   for name in required:
@@ -76,6 +88,9 @@ def begin(prog: str, argv, required: tuple[str, ...] = ()) -> None:
   absl_logger = logging.get_absl_logger()
   if not any(isinstance(f, _QuietBackgroundSaves) for f in absl_logger.filters):
     absl_logger.addFilter(_QuietBackgroundSaves())
+  asyncio_logger = python_logging.getLogger('asyncio')
+  if not any(isinstance(f, _QuietUnreadReads) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_QuietUnreadReads())
 
 
 def flags_parser(prog: str) -> Callable:

@@ -31,7 +31,8 @@ def reproducibility_caveat(platform: str, local_devices: int, architecture: str)
   Measured (docs/scale-out.md, "Same zoo on any device count"): on the CPU, a random-architecture
   zoo trained on several devices of one process can differ from the same zoo on one device, and
   on 4 devices from run to run, because of how XLA:CPU runs programs when more than one device
-  of a process is in use; not seen with the fixed architecture (measured on 1, 2, 4 and 8 devices)."""
+  of a process is in use; not seen with the fixed architecture (measured on 1, 2, 4 and 8
+  devices)."""
   if platform == 'cpu' and local_devices > 1 and architecture == 'random':
     return (f'a random-architecture zoo on {local_devices} CPU devices of one process may not be '
             'bit-for-bit reproducible (XLA:CPU, docs/scale-out.md); on one device it is')
