@@ -4,9 +4,10 @@ A zoo's models are independent, so the trainer shards every per-model array (tra
 hyper-parameters, masks) along its leading models axis over a one-axis `Mesh` of all devices
 (`MODELS`), replicates the datasets, and runs each training program under `jax.shard_map`: a
 device trains its own slots with no communication. Slot counts are rounded up to a multiple of
-the device count. With several processes (`jax.distributed`), the mesh spans every process's
-devices; arrays are built from host values that every process holds in full, and results come
-back to every process in full (`to_host`), so that each makes the same scheduling decisions.
+the device count; on the CPU a process's devices run their programs one at a time (`InTurn`).
+With several processes (`jax.distributed`), the mesh spans every process's devices; arrays are
+built from host values that every process holds in full, and results come back to every process
+in full (`to_host`), so that each makes the same scheduling decisions.
 """
 
 from __future__ import annotations
@@ -23,20 +24,6 @@ def model_mesh(devices=None) -> Mesh:
   """A one-axis mesh ('models') over `devices` (default: every device of every process)."""
   devices = jax.devices() if devices is None else list(devices)
   return Mesh(np.asarray(devices), (MODELS,))
-
-
-def reproducibility_caveat(platform: str, local_devices: int, architecture: str) -> str | None:
-  """Why a zoo with these settings may not come out bit for bit the same, or None.
-
-  Measured (docs/scale-out.md, "Same zoo on any device count"): on the CPU, a random-architecture
-  zoo trained on several devices of one process can differ from the same zoo on one device, and
-  on 4 devices from run to run, because of how XLA:CPU runs programs when more than one device
-  of a process is in use; not seen with the fixed architecture (measured on 1, 2, 4 and 8
-  devices)."""
-  if platform == 'cpu' and local_devices > 1 and architecture == 'random':
-    return (f'a random-architecture zoo on {local_devices} CPU devices of one process may not be '
-            'bit-for-bit reproducible (XLA:CPU, docs/scale-out.md); on one device it is')
-  return None
 
 
 def round_up(n: int, mesh: Mesh, chunk: int = 1) -> int:
@@ -66,6 +53,105 @@ def per_device(fn, mesh: Mesh | None, in_specs: str, out_specs):
   spec = {'M': PartitionSpec(MODELS), 'R': PartitionSpec()}
   return jax.shard_map(fn, mesh=mesh, in_specs=tuple(spec[s] for s in in_specs),
                        out_specs=jax.tree.map(spec.get, out_specs), check_vma=False)
+
+
+# XLA:CPU gives a program other bits when programs of other devices of the process run at the
+# same time (measured: docs/scale-out.md, "Same zoo on any device count"; the fault does not need
+# shard_map, and one device at a time it does not occur). Host devices share the same cores, so
+# running them in turn costs little.
+IN_TURN_PLATFORMS = frozenset({'cpu'})
+
+
+def compile_per_device(fn, mesh: Mesh | None, in_specs: str, out_specs,
+                       donate: tuple[int, ...] = ()):
+  """`jax.jit` of `per_device(fn, mesh, in_specs, out_specs)`, donating `donate`; on a platform
+  of IN_TURN_PLATFORMS with several devices in this process, an `InTurn` that gives the same
+  results, one device at a time."""
+  if mesh is not None and mesh.devices.flat[0].platform in IN_TURN_PLATFORMS:
+    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    if len(local) > 1:
+      return InTurn(fn, mesh, in_specs, out_specs, donate)
+  return jax.jit(per_device(fn, mesh, in_specs, out_specs), donate_argnums=donate)
+
+
+class InTurn:
+  """`fn` run for each device of this process on its own shards, one device after the other,
+  each run finished before the next starts; called (and lowered) like the jitted shard_map
+  program it replaces, on the same global arrays.
+
+  Every run uses one program, compiled for a 1-device mesh of the process's first device (the
+  program a 1-device zoo runs): a device's 'M' shards are copied there and its results copied
+  back. 'R' arguments are read from that first device; 'R' outputs come from its run (shard_map
+  likewise assumes they agree).
+  """
+
+  def __init__(self, fn, mesh: Mesh, in_specs: str, out_specs, donate: tuple[int, ...] = ()):
+    self.mesh, self.in_specs, self.out_specs, self.donate = mesh, in_specs, out_specs, donate
+    self.devices = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    self.one = model_mesh(self.devices[:1])
+    self.program = jax.jit(per_device(fn, self.one, in_specs, out_specs), donate_argnums=donate)
+
+  def _part(self, x, spec: str, device):
+    """The piece of argument leaf x that `device` runs on, placed as a 1-device zoo places it."""
+    if spec == 'R':
+      if not isinstance(x, jax.Array):
+        return x
+      pieces = [s.data for s in x.addressable_shards if s.device == self.devices[0]]
+      return jax.device_put(pieces[0] if pieces else x, replicated(self.one))
+    if isinstance(x, jax.Array):
+      if not x.sharding.is_equivalent_to(model_sharding(self.mesh), x.ndim):
+        x = jax.device_put(x, model_sharding(self.mesh))
+      (piece,) = [s.data for s in x.addressable_shards if s.device == device]
+    else:
+      position = list(self.mesh.devices.flat).index(device)
+      piece = np.split(np.asarray(x), self.mesh.size)[position]
+    return jax.device_put(piece, model_sharding(self.one))
+
+  def _args(self, args, device):
+    if len(args) != len(self.in_specs):
+      raise TypeError(f'expected {len(self.in_specs)} arguments, got {len(args)}')
+    return [jax.tree.map(lambda x, s=s: self._part(x, s, device), a)
+            for a, s in zip(args, self.in_specs)]
+
+  def _gather(self, spec: str, *outs):
+    """One global array from the leaf's result on each device (outs in self.devices order)."""
+    if spec == 'R':
+      arrays = [jax.device_put(outs[0], d) for d in self.devices]
+      return jax.make_array_from_single_device_arrays(outs[0].shape, replicated(self.mesh),
+                                                      arrays)
+    arrays = [jax.device_put(o, d) for o, d in zip(outs, self.devices)]
+    shape = (outs[0].shape[0] * self.mesh.size,) + outs[0].shape[1:]
+    return jax.make_array_from_single_device_arrays(shape, model_sharding(self.mesh), arrays)
+
+  def __call__(self, *args):
+    # Every device's pieces first: running device 0's program on donated arguments deletes the
+    # global arrays they are shards of.
+    pieces = [self._args(args, device) for device in self.devices]
+    results = [jax.block_until_ready(self.program(*p)) for p in pieces]
+    for i in self.donate:  # As under jit, a donated argument is gone.
+      for x in jax.tree.leaves(args[i]):
+        if isinstance(x, jax.Array) and not x.is_deleted():
+          x.delete()
+    return jax.tree.map(
+        lambda spec, *subtrees: jax.tree.map(lambda *leaves: self._gather(spec, *leaves),
+                                             *subtrees),
+        self.out_specs, *results)
+
+  def lower(self, *args):
+    """The program each device runs, lowered for these arguments (arrays or
+    `ShapeDtypeStruct`s placed as for the mesh-wide program)."""
+
+    def abstract(x, spec):
+      if spec == 'R' and not isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
+        return x
+      shape = tuple(x.shape)
+      if spec == 'M':
+        shape = (shape[0] // self.mesh.size,) + shape[1:]
+      place = model_sharding(self.one) if spec == 'M' else replicated(self.one)
+      return jax.ShapeDtypeStruct(shape, x.dtype, sharding=place)
+
+    return self.program.lower(*[jax.tree.map(lambda x, s=s: abstract(x, s), a)
+                                for a, s in zip(args, self.in_specs)])
 
 
 def _put(x, sharding: jax.sharding.Sharding) -> jax.Array:

@@ -147,9 +147,7 @@ def _config_to_resume():
 def main(argv):
   cli.begin('train_zoo', argv, required=('workdir',))
   # Imported here so that --help and flag errors stay fast.
-  import jax
   from nws_jax import distributed
-  from nws_jax import sharding
   from nws_jax import workdir_lock
   from nws_jax import zoo_builder
 
@@ -169,10 +167,6 @@ def main(argv):
       else:
         config = _config_from_flags()
       config.validate()
-      caveat = sharding.reproducibility_caveat(jax.default_backend(), jax.local_device_count(),
-                                               config.architecture)
-      if caveat and distributed.is_primary():
-        print(f'train_zoo: warning: {caveat}', file=sys.stderr)
       zoo = zoo_builder.build_zoo(config, FLAGS.workdir, resume=FLAGS.resume,
                                   overwrite=FLAGS.overwrite, progress=FLAGS.progress,
                                   checkpoint_every=FLAGS.checkpoint_every)

@@ -389,16 +389,15 @@ def _train_program(arch, batch_size, num_steps, conv_impl, augment_config, model
     return jax.lax.map(lambda a: step_fn(*a, start_step, data),
                        (state, hyper, order, active, epoch), batch_size=models_per_chunk)
 
-  program = sharding.per_device(program, mesh, 'MMMMMRR', 'M')
-  return num_steps, jax.jit(program, donate_argnums=(0,))
+  return num_steps, sharding.compile_per_device(program, mesh, 'MMMMMRR', 'M', donate=(0,))
 
 
 @functools.lru_cache(maxsize=None)
 def _init_program(arch, num_groups, mesh):
   init_group = jax.vmap(functools.partial(init_model, arch=arch))
-  init = sharding.per_device(lambda *hypers: [init_group(h) for h in hypers], mesh,
-                             'M' * num_groups, 'M')
-  return jax.jit(lambda hypers: init(*hypers))
+  init = sharding.compile_per_device(lambda *hypers: [init_group(h) for h in hypers], mesh,
+                                     'M' * num_groups, 'M')
+  return lambda hypers: init(*hypers)
 
 
 @functools.lru_cache(maxsize=None)
@@ -411,7 +410,7 @@ def _refill_program(arch, mesh):
     return jax.tree.map(
         lambda n, o: jnp.where(fresh.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, state)
 
-  return jax.jit(sharding.per_device(refill, mesh, 'MMM', 'M'), donate_argnums=(0,))
+  return sharding.compile_per_device(refill, mesh, 'MMM', 'M', donate=(0,))
 
 
 @functools.lru_cache(maxsize=None)
@@ -442,7 +441,7 @@ def _eval_program(arch, batch_size, conv_impl, models_per_chunk, mesh):
 
     return jax.lax.map(one, (state, hyper), batch_size=models_per_chunk)
 
-  return jax.jit(sharding.per_device(eval_all, mesh, 'MMR', 'M'))
+  return sharding.compile_per_device(eval_all, mesh, 'MMR', 'M')
 
 
 @functools.lru_cache(maxsize=None)
@@ -462,7 +461,7 @@ def _graph_eval_program(arch, batch_size, conv_impl, augment_config, masked, mod
         new.stats, state.stats)
     return results, state._replace(stats=stats)
 
-  return jax.jit(sharding.per_device(program, mesh, 'MMMMR', ('M', 'M')))
+  return sharding.compile_per_device(program, mesh, 'MMMMR', ('M', 'M'))
 
 
 @functools.lru_cache(maxsize=None)
@@ -475,13 +474,13 @@ def _flatten_program(arch, mesh):
     return jax.vmap(lambda s, h: packing_lib.flatten(s.params, s.stats, h.layout, arch))(
         state, hyper)
 
-  return jax.jit(sharding.per_device(flatten_all, mesh, 'MM', 'M'))
+  return sharding.compile_per_device(flatten_all, mesh, 'MM', 'M')
 
 
 @functools.lru_cache(maxsize=None)
 def _order_program(mesh):
-  return jax.jit(sharding.per_device(jax.vmap(epoch_order, in_axes=(0, 0, None)), mesh, 'MMR',
-                                     'M'))
+  return sharding.compile_per_device(jax.vmap(epoch_order, in_axes=(0, 0, None)), mesh, 'MMR',
+                                     'M')
 
 
 @dataclasses.dataclass

@@ -1,6 +1,7 @@
 """The bench command line and its report: errors exit 2; the zoo suite's JSON lines."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -31,6 +32,15 @@ def test_bad_sizes_exit_2(tmp_path):
     result = run_cli(*args)
     assert result.returncode == 2, args
     assert message in error_line(result), args
+
+
+def test_zoo_suite_on_several_cpu_devices_exits_2():
+  # They would run in turn (sharding.InTurn): no one program over every device to time.
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  result = subprocess.run([sys.executable, '-m', 'nws_jax.bench', '--suite=zoo'],
+                          capture_output=True, text=True, timeout=600, env=env)
+  assert result.returncode == 2
+  assert 'the 2 cpu devices of this process run in turn' in error_line(result)
 
 
 def test_zoo_suite_writes_one_json_line_per_size(tmp_path):

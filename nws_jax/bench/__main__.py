@@ -110,6 +110,8 @@ def main(argv):
     config.validate()
     if 'release' in suites:
       importlib.import_module('nws_jax.bench.release').check_sizes(config)
+    if 'zoo' in suites:
+      importlib.import_module('nws_jax.bench.zoo').check_devices()
   except ValueError as e:
     _fail(str(e))
   if FLAGS.json_out and not os.path.isdir(os.path.dirname(os.path.abspath(FLAGS.json_out))):

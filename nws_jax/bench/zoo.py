@@ -52,6 +52,7 @@ import jax.numpy as jnp
 
 from nws_jax import datasets
 from nws_jax import input_pipeline
+from nws_jax import sharding
 from nws_jax import space
 from nws_jax import trainer as trainer_lib
 from nws_jax.bench import common
@@ -235,9 +236,19 @@ def _base(config: common.BenchConfig, n: int) -> dict:
               conv_impl=conv_impl(config), bn_eval=config.bn_eval)
 
 
+def check_devices() -> None:
+  """Raises ValueError where the suite cannot time one program over every device: several
+  devices of a process on a platform where they run in turn (`sharding.InTurn`)."""
+  if jax.default_backend() in sharding.IN_TURN_PLATFORMS and jax.local_device_count() > 1:
+    raise ValueError(f'the zoo suite times one program over every device, and the '
+                     f'{jax.local_device_count()} {jax.default_backend()} devices of this process '
+                     'run in turn (docs/scale-out.md): run it on one device')
+
+
 def run(config: common.BenchConfig) -> Iterator[dict]:
   """One row per N of `config.sizes()` (fields and units: the module docstring)."""
   config.validate()
+  check_devices()
   loop = measure_loop(config)
   for n in config.sizes():
     try:

@@ -377,7 +377,7 @@ def _on_members(program, mesh, in_specs: str, out_specs, donate: tuple[int, ...]
   bound = functools.partial(program, **static)
   if mesh is None or mesh.size == 1:
     return bound
-  return jax.jit(sharding.per_device(bound, mesh, in_specs, out_specs), donate_argnums=donate)
+  return sharding.compile_per_device(bound, mesh, in_specs, out_specs, donate)
 
 
 def _members_mesh(tree):
