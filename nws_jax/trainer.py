@@ -41,6 +41,7 @@ from nws_jax import optim
 from nws_jax import packing as packing_lib
 from nws_jax import sharding
 from nws_jax import space
+from nws_jax.zoo import schedule as schedule_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +109,7 @@ def default_models_per_chunk(backend: str | None = None) -> int:
   """Models vmapped at once in a training program (BENCHMARKS.md): the CPU is memory-bound and
   runs small chunks best; a GPU wants every model of a group in one vmap."""
   backend = backend or jax.default_backend()
-  return MODELS_PER_CHUNK_CPU if backend == 'cpu' else 1 << 30
+  return MODELS_PER_CHUNK_CPU if backend == 'cpu' else schedule_lib.UNBOUNDED
 
 
 MODELS_PER_CHUNK_CPU = 8
@@ -487,8 +488,9 @@ def _order_program(mesh):
 class Group:
   """Models sharing one compiled training program: same padded architecture and batch size.
 
-  The program trains `num_slots` models at a time; the group's other members queue, and a slot
-  whose model stopped takes the next one (`ZooTrainer.refill`).
+  The program trains the models in the group's slots at a time; the group's other members
+  queue, and a slot whose model stopped takes the next one (`ZooTrainer.refill`; the slots are
+  `schedule.GroupSlots`).
   """
   arch: cnn.Architecture    # the padded architecture (`packing.bucket_arch`)
   batch_size: int
@@ -496,23 +498,6 @@ class Group:
   hyper: Hyper              # arrays [Mg, ...]
   max_steps: int            # the longest epoch of a member, in steps
   masked: bool = True       # some member is smaller than `arch` (padded); False: none is
-  num_slots: int = 0        # models trained at once (set by `ZooTrainer.reset_slots`)
-  planned: int = 0          # the models its slots are for, whatever the device count (the
-                            # members that fit, or the compacted size); num_slots rounds it up
-  chunk: int = 1            # models vmapped at once on a device (`vmap_chunk` of planned)
-
-
-def vmap_chunk(wanted: int, most: int, devices: int) -> int:
-  """Models vmapped at once, on each device, for a group that trains `wanted` models at a time.
-
-  XLA rounds a model's computation according to how many models share its vmap, so with a
-  bounded chunk (`most`, the CPU's) the chunk does not depend on the device count: the fewest
-  chunks of at most `most`, made even; slots are rounded up to a multiple of devices × chunk, and
-  every device count computes every model in the same context. With no bound (an accelerator's
-  default) each device vmaps its share."""
-  if most >= 1 << 30:
-    return -(-wanted // devices)
-  return -(-wanted // -(-wanted // most))
 
 
 def _divisor_at_most(n: int, most: int) -> int:
@@ -524,10 +509,11 @@ class ZooTrainer:
   """Trains the models `configs` (ids `model_ids`) of a zoo on `data` in lockstep.
 
   Each group trains the models in its slots: the state of a zoo is a list with one
-  `ModelState` per group (leading axis: the group's slots). Slots start with the group's first
-  members; `refill` hands a stopped model's slot to the next member in the queue.
-  `slot_models[g]` are the zoo positions of group g's slots (-1: empty, its queue done).
-  `run_epoch`, `evaluate` and `export` take and return that list.
+  `ModelState` per group (leading axis: the group's slots). Which model is in which slot is
+  `self.schedule` (a `schedule.Schedule` over `self.plan`, changed only by the pure functions
+  of `nws_jax.zoo.schedule`); this object runs the device side of it. `slot_models[g]` are the
+  zoo positions of group g's slots (-1: empty, its queue done). `run_epoch`, `evaluate` and
+  `export` take and return the state list.
   """
 
   def __init__(self, configs: Sequence[space.ModelConfig], model_ids: Sequence[int],
@@ -591,7 +577,11 @@ class ZooTrainer:
                                int(hyper.steps_per_epoch.max()),
                                masked=any(own[pos] != arch for pos in members)))
     per_wave = cfg.max_programs or default_max_programs()
-    self.wave_of = np.arange(len(self.groups)) // per_wave  # groups run in waves, in order
+    self.plan = schedule_lib.Plan(
+        tuple(g.members for g in self.groups),
+        np.arange(len(self.groups)) // per_wave,  # groups run in waves, in order
+        self.mesh.size, cfg.train_models_per_chunk or default_models_per_chunk(),
+        cfg.slots_per_group)
     self.archs = sorted({g.arch for g in self.groups}, key=dataclasses.astuple)
     self.weight_counts = [cnn.weight_counts(a) for a in own]
     # Snapshot length per model (its exported rows carry zeros after it).
@@ -604,20 +594,35 @@ class ZooTrainer:
 
   @property
   def num_waves(self) -> int:
-    return int(self.wave_of.max()) + 1
+    return self.plan.num_waves
+
+  @property
+  def wave(self) -> int:
+    return self.schedule.wave
+
+  @property
+  def slot_models(self) -> list[np.ndarray]:
+    """Per group, the zoo position in each slot (-1: empty)."""
+    return [g.models for g in self.schedule.groups]
 
   def open_groups(self) -> list[int]:
     """Indices of the groups of the current wave."""
-    return [int(i) for i in np.flatnonzero(self.wave_of == self.wave)]
+    return schedule_lib.open_groups(self.plan, self.schedule)
+
+  def train_program(self, i: int):
+    """(steps per call, compiled training program) of open group i: the program takes (state,
+    hyper, order, active, epoch, start step, data) and returns (state, metrics)."""
+    return self._train[i]
 
   def _compile(self):
     cfg = self.cfg
-    open_ = self.open_groups()
-    self._train = {id(self.groups[i]): _train_program(
+    slots = self.schedule.groups
+    self._train = {i: _train_program(
         self.groups[i].arch, self.groups[i].batch_size,
         min(cfg.steps_per_call, self.groups[i].max_steps), self.conv_impl, cfg.augment,
-        self.groups[i].chunk, self.groups[i].masked, self.mesh, cfg.bn_eval)
-        for i in open_}
+        slots[i].chunk, self.groups[i].masked, self.mesh, cfg.bn_eval)
+        for i in self.open_groups()}
+    open_ = self.open_groups()
     # Programs that read every model's parameters (init, evaluation, export) run once per
     # padded architecture over its open groups (batch size does not change parameter shapes).
     self._arch_groups = [idx for idx in ([i for i in open_ if self.groups[i].arch == a]
@@ -632,164 +637,76 @@ class ZooTrainer:
 
   def _eval_chunk(self, groups: Sequence[int]) -> int:
     """A chunk dividing every group's share of slots on a device, whatever the device count."""
-    return _divisor_at_most(math.gcd(*(self.groups[i].chunk for i in groups)),
+    return _divisor_at_most(math.gcd(*(self.schedule.groups[i].chunk for i in groups)),
                             self.cfg.eval_models_per_chunk)
-
-  def _layout(self, planned: int) -> tuple[int, int]:
-    """(vmap chunk, slot count on this mesh) of a group whose slots are planned for `planned`
-    models."""
-    chunk = vmap_chunk(planned, self.cfg.train_models_per_chunk or default_models_per_chunk(),
-                       self.mesh.size)
-    return chunk, sharding.round_up(planned, self.mesh, chunk)
-
-  def _plan(self, g: Group, planned: int) -> None:
-    g.planned = planned
-    g.chunk, g.num_slots = self._layout(planned)
 
   def next_wave(self, state: list[ModelState]) -> list[ModelState]:
     """Closes the current wave (its states dropped, every compiled program released: XLA frees
     their memory maps) and opens the next; returns the state with the new wave's models
     initialised. The models of the closed wave must have stopped."""
-    if self.wave + 1 >= self.num_waves:
-      raise ValueError('no wave left')
+    next_schedule = schedule_lib.next_wave(self.plan, self.schedule)
     del state  # The closed wave's arrays: freed with the caller's reference.
     self._train = {}
     for program in (_train_program, _init_program, _refill_program, _eval_program,
                     _graph_eval_program, _flatten_program, _order_program, _take_program):
       program.cache_clear()
     jax.clear_caches()
-    self.wave += 1
+    self.schedule = next_schedule
     self._compile()
     return self.init_state()
 
   # --- Slots and the queue -------------------------------------------------------------------
 
   def reset_slots(self) -> None:
-    """Opens the first wave; puts each group's first `num_slots` members in its slots, the
-    others queue. A group's slot count is rounded up to a multiple of the device count; slots
-    beyond its members stay empty."""
-    self.wave = 0
-    for g in self.groups:
-      self._plan(g, min(len(g.members), self.cfg.slots_per_group or len(g.members)))
-    self._compile()
-    self.slot_models, self._slot_rows, self._queued = [], [], []
-    for g in self.groups:
-      taken = min(g.num_slots, len(g.members))
-      empty = g.num_slots - taken
-      self.slot_models.append(np.concatenate([g.members[:taken], np.full(empty, -1)]))
-      # An empty slot carries a copy of the first member's hyper-parameters, never trained.
-      self._slot_rows.append(np.concatenate([np.arange(taken), np.zeros(empty, np.int64)]))
-      self._queued.append(taken)
-    self._slot_hyper = [self._gather_hyper(i) for i in range(len(self.groups))]
+    """Opens the first wave with each group's first members in its slots
+    (`schedule.start`)."""
+    self.restore_schedule(schedule_lib.start(self.plan))
 
   def _gather_hyper(self, i: int) -> Hyper:
-    rows = self._slot_rows[i]
+    rows = self.schedule.groups[i].rows
     return sharding.put_models(jax.tree.map(lambda x: np.asarray(x)[rows], self.groups[i].hyper),
                                self.mesh)
 
   def _device_major(self, parts: Sequence[np.ndarray]) -> np.ndarray:
-    """The concatenation of per-group slot arrays in the row order of a program over several
-    groups' slots: each device concatenates its own shards, and devices follow each other."""
-    devices = self.mesh.size
-    return np.concatenate([np.asarray(p).reshape(devices, -1) for p in parts], axis=1).reshape(-1)
+    return schedule_lib.device_major(parts, self.mesh.size)
 
-  def schedule(self) -> dict:
-    """The slots' occupants and the queues, as arrays (for a checkpoint)."""
-    return {'slot_models': np.concatenate(self.slot_models),
-            'slot_rows': np.concatenate(self._slot_rows),
-            'queued': np.asarray(self._queued, np.int64),
-            'num_slots': np.asarray([g.num_slots for g in self.groups], np.int64),
-            'planned': np.asarray([g.planned for g in self.groups], np.int64),
-            'wave': np.int64(self.wave)}
-
-  def restore_schedule(self, schedule: dict) -> None:
-    """Puts back what `schedule` returned."""
-    num_slots = np.asarray(schedule['num_slots'])
-    if len(num_slots) != len(self.groups):
+  def restore_schedule(self, schedule: schedule_lib.Schedule) -> None:
+    """Lays the slots out as `schedule` has them (a fresh start, or a checkpoint's)."""
+    if len(schedule.groups) != len(self.groups):
       raise ValueError('the saved schedule does not match this zoo\'s groups')
-    # Checkpoints from before the device-independent chunks planned their slot counts.
-    planned = np.asarray(schedule.get('planned', num_slots))
-    for g, n in zip(self.groups, planned):
-      self._plan(g, int(n))
-    if not np.array_equal([g.num_slots for g in self.groups], num_slots):
-      raise ValueError(f'the saved run had slot counts {num_slots.tolist()}, which this zoo does '
-                       f'not lay out over {self.mesh.size} devices; resume it on as many devices '
-                       'as it ran, with the nws_jax that started it')
-    self.wave = int(schedule['wave'])
+    self.schedule = schedule
     self._compile()
-    bounds = np.cumsum([0] + [g.num_slots for g in self.groups])
-    models, rows = np.asarray(schedule['slot_models']), np.asarray(schedule['slot_rows'])
-    if len(models) != bounds[-1] or len(schedule['queued']) != len(self.groups):
-      raise ValueError('the saved schedule does not match this zoo\'s groups and slots')
-    self.slot_models = [models[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:])]
-    self._slot_rows = [rows[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:])]
-    self._queued = [int(q) for q in schedule['queued']]
     self._slot_hyper = [self._gather_hyper(i) for i in range(len(self.groups))]
 
   def in_slots(self) -> np.ndarray:
     """bool [models]: the models now in a slot of the current wave."""
-    out = np.zeros(self.num_models, bool)
-    for i in self.open_groups():
-      models = self.slot_models[i]
-      out[models[models >= 0]] = True
-    return out
+    return schedule_lib.in_slots(self.plan, self.schedule)
 
   def queued(self) -> int:
     """Models still waiting for a slot (in this wave's queues or in later waves)."""
-    later = sum(len(g.members) for g, w in zip(self.groups, self.wave_of) if w > self.wave)
-    return later + sum(len(self.groups[i].members) - self._queued[i] for i in self.open_groups())
+    return schedule_lib.queued(self.plan, self.schedule)
 
   def refill(self, state: list[ModelState], stopped: np.ndarray):
     """Hands each slot whose model has stopped (stopped [models] bool) to the next member of
-    its group's queue, with a fresh state (its own initial weights, optimizer state, keys);
-    a slot with nothing left to take is emptied. Returns (state, zoo positions of the models
-    that entered a slot)."""
-    entered = []
+    its group's queue (`schedule.refill`), with a fresh state (its own initial weights,
+    optimizer state, keys). Returns (state, zoo positions of the models that entered a slot)."""
+    self.schedule, entered, fresh = schedule_lib.refill(self.plan, self.schedule, stopped)
     state = list(state)
-    for i in self.open_groups():
-      g = self.groups[i]
-      models = self.slot_models[i]
-      fresh = np.zeros(g.num_slots, bool)
-      for slot in np.flatnonzero((models >= 0) & stopped[np.maximum(models, 0)]):
-        if self._queued[i] < len(g.members):
-          row = self._queued[i]
-          self._queued[i] += 1
-          models[slot], self._slot_rows[i][slot], fresh[slot] = g.members[row], row, True
-          entered.append(int(g.members[row]))
-        else:
-          models[slot] = -1
-      if fresh.any():
-        self._slot_hyper[i] = self._gather_hyper(i)
-        state[i] = _refill_program(g.arch, self.mesh)(
-            state[i], self._slot_hyper[i], sharding.put_models(fresh, self.mesh))
-    return state, np.asarray(entered, np.int64)
+    for i, slots in fresh.items():
+      self._slot_hyper[i] = self._gather_hyper(i)
+      state[i] = _refill_program(self.groups[i].arch, self.mesh)(
+          state[i], self._slot_hyper[i], sharding.put_models(slots, self.mesh))
+    return state, entered
 
   def compact(self, state: list[ModelState], running: np.ndarray) -> list[ModelState]:
-    """Shrinks each group whose queue is empty and whose busy slots (models with running[model]
-    True) fill at most half of its slots to the next power of two of them; busy slots keep
-    their order. Returns the state in the new slot layout (unchanged groups as they were)."""
+    """Shrinks the groups that `schedule.compact` shrinks (running [models] bool); returns the
+    state in the new slot layout (unchanged groups as they were)."""
+    self.schedule, keeps = schedule_lib.compact(self.plan, self.schedule, running)
     state = list(state)
-    changed = False
-    for i in self.open_groups():
-      g = self.groups[i]
-      models = self.slot_models[i]
-      busy = np.flatnonzero((models >= 0) & running[np.maximum(models, 0)])
-      if self._queued[i] < len(g.members) or g.num_slots == 1 or 2 * len(busy) > g.num_slots:
-        continue
-      planned = 1 << max(0, int(np.ceil(np.log2(max(len(busy), 1)))))
-      _, size = self._layout(planned)
-      if size >= g.num_slots:
-        continue
-      keep = np.concatenate([busy, np.setdiff1d(np.arange(g.num_slots), busy)[:size - len(busy)]])
-      idle = np.zeros(size, bool)
-      idle[len(busy):] = True
-      self.slot_models[i] = np.where(idle, -1, models[keep])
-      self._slot_rows[i] = self._slot_rows[i][keep]
+    for i, keep in keeps.items():
       state[i] = _take_program(self.mesh)(state[i], sharding.put_replicated(keep, self.mesh))
-      self._plan(g, planned)
       self._slot_hyper[i] = self._gather_hyper(i)
-      changed = True
-    if changed:
+    if keeps:
       self._compile()
     return state
 
@@ -810,8 +727,8 @@ class ZooTrainer:
     t0 = time.time()
 
     def compile_group(i, g, s):
-      _, train = self._train[id(g)]
-      n = g.num_slots
+      _, train = self._train[i]
+      n = self.schedule.groups[i].num_slots
       lowered = train.lower(
           s, self._slot_hyper[i],
           sharding.abstract_models((n,) + self.data.train_labels.shape[1:], jnp.int32, self.mesh),
@@ -826,7 +743,7 @@ class ZooTrainer:
 
   def calls_per_epoch(self) -> int:
     """Compiled training calls in one epoch, over the wave's groups (what `on_chunk` counts)."""
-    return sum(-(-self.groups[i].max_steps // self._train[id(self.groups[i])][0])
+    return sum(-(-self.groups[i].max_steps // self._train[i][0])
                for i in self.open_groups())
 
   def run_epoch(self, state: list[ModelState], epoch, active: np.ndarray,
@@ -848,7 +765,7 @@ class ZooTrainer:
       busy = live & active[np.maximum(models, 0)]
       if not busy.any():
         continue  # Every slot idle: nothing to run.
-      num_steps, train = self._train[id(g)]
+      num_steps, train = self._train[i]
       hyper = self._slot_hyper[i]
       ep = sharding.put_models(np.where(live, epochs[np.maximum(models, 0)], 1).astype(np.int32),
                                self.mesh)
@@ -933,7 +850,7 @@ class TrainResult(NamedTuple):
   seconds: float
   exports: np.ndarray | None = None  # int [models, max_epochs + 1, 3]: where model m's export
   #   of epoch e is: (export number, padded architecture, row) of on_export's arrays; -1: none
-  schedule: dict | None = None       # `ZooTrainer.schedule()` (the slots and queues)
+  schedule: schedule_lib.Schedule | None = None  # the slots and queues (`ZooTrainer.schedule`)
   rounds: int = 0                    # epochs of the slots run so far
 
 
@@ -1044,14 +961,14 @@ def train(trainer: ZooTrainer, *, resume: TrainResult | None = None,
         trainer.warm_up(state)
         state = start(state, trainer.in_slots())
       result = TrainResult(state, stopping, curves, losses, time.time() - t0, exports,
-                           trainer.schedule(), rounds)
+                           trainer.schedule, rounds)
       if on_epoch is not None:
         on_epoch(rounds, result)
       if bar is not None:
         training = trainer.in_slots() & (stopping.status == early_stopping.RUNNING)
         busy = sum(bool(training[trainer.slot_models[i][trainer.slot_models[i] >= 0]].any())
                    for i in trainer.open_groups())
-        slots = sum(trainer.groups[i].num_slots for i in trainer.open_groups())
+        slots = sum(trainer.schedule.groups[i].num_slots for i in trainer.open_groups())
         status = (f'wave {trainer.wave + 1}/{trainer.num_waves}, programs {busy}/'
                   f'{len(trainer.open_groups())}, slots busy {int(training.sum())}/{slots}, '
                   f'queued {trainer.queued()}, ')
@@ -1063,4 +980,4 @@ def train(trainer: ZooTrainer, *, resume: TrainResult | None = None,
     if bar is not None:
       bar.close()
   return TrainResult(state, stopping, curves, losses, time.time() - t0, exports,
-                     trainer.schedule(), rounds)
+                     trainer.schedule, rounds)

@@ -44,6 +44,7 @@ from nws_jax import space
 from nws_jax import trainer as trainer_lib
 from nws_jax import workdir_lock
 from nws_jax import zoo as zoo_lib
+from nws_jax.zoo import schedule as schedule_lib
 
 # Test accuracy below which a model counts as failed to train (the release left such nets out);
 # a model that diverged counts as failed too.
@@ -378,7 +379,7 @@ class _StateCheckpointer:
             'stopping': {k: np.asarray(v) for k, v in result.stopping._asdict().items()},
             'curves': result.curves, 'losses': result.losses, 'epoch': np.int64(rounds),
             'seconds': np.float64(result.seconds), 'exports': result.exports,
-            'schedule': {k: np.asarray(v) for k, v in result.schedule.items()}}
+            'schedule': schedule_lib.to_arrays(result.schedule)}
     if self._digest is not None:
       tree['started_with'] = self._digest
     self._manager.save(rounds, args=ocp.args.StandardSave(tree))
@@ -398,7 +399,8 @@ class _StateCheckpointer:
         raise WorkdirError(f'cannot resume {folder}: its checkpoint was started with other '
                            f'options or model properties than {zoo_lib.CONFIG_FILE} now gives '
                            '(was it edited?); restore it, or start again with --overwrite')
-      schedule = {k: np.asarray(v) for k, v in tree['schedule'].items()}
+      schedule = schedule_lib.from_arrays(
+          trainer.plan, {k: np.asarray(v) for k, v in tree['schedule'].items()})
       trainer.restore_schedule(schedule)
       _, treedef = jax.tree.flatten(trainer.init_state())
       leaves = [np.asarray(x) for x in tree['state']]

@@ -133,7 +133,7 @@ def test_train_steps_freezes_a_model_at_its_last_finite_step(tiny_datasets, runs
   # program the runs above compiled, so no second compile (minutes on a small CPU).
   trainer = _trainer(tiny_datasets, DIVERGED_CONFIGS)
   (group,) = trainer.groups
-  num_steps, program = trainer._train[id(group)]
+  num_steps, program = trainer.train_program(0)
   assert num_steps == 2 and list(trainer.slot_models[0]) == [0, DIVERGING]
   hyper = trainer._slot_hyper[0]
   epoch = sharding.put_models(np.ones(2, np.int32), trainer.mesh)

@@ -52,7 +52,7 @@ def test_both_models_run_padded_in_one_program():
   trainer = zoo_builder.make_trainer(CONFIG)
   (group,) = trainer.groups
   assert group.masked and group.arch == cnn.Architecture(7, 3, 3, 8, 192)
-  assert group.num_slots == 1 and trainer.queued() == 1
+  assert trainer.schedule.groups[0].num_slots == 1 and trainer.queued() == 1
   assert [list(x) for x in trainer.slot_models] == [[0]]
 
 
@@ -88,7 +88,7 @@ def test_a_run_resumed_after_a_refill_equals_the_uninterrupted_one(built, tmp_pa
   workdir = str(tmp_path / 'resumed')
 
   def check(result):
-    assert list(result.schedule['slot_models']) == [1]
+    assert list(result.schedule.groups[0].models) == [1]
 
   build_crashing_after(CONFIG, workdir, 2, check)
   resumed = zoo_builder.build_zoo(CONFIG, workdir, resume=True)

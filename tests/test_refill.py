@@ -13,6 +13,7 @@ from nws_jax import input_pipeline
 from nws_jax import snapshots
 from nws_jax import space
 from nws_jax import trainer as trainer_lib
+from nws_jax.zoo import schedule as schedule_lib
 from helpers import MemoryWriter
 
 NAMES = ('gratings', 'shapes')
@@ -148,19 +149,17 @@ def test_compaction_shrinks_the_vmap_chunk_and_a_resume_lays_it_out_again(tiny_d
     cfg = trainer_lib.TrainConfig(seed=2, rules=RULES, compact=True)
     return trainer_lib.ZooTrainer(CONFIGS, [0, 1, 2, 3], data, NAMES, sizes, cfg)
 
+  def layout(t):
+    return [(g.planned, g.chunk, g.num_slots) for g in t.schedule.groups]
+
   trainer = make()
-  assert [(g.planned, g.chunk, g.num_slots) for g in trainer.groups] == [(2, 2, 2)] * 2
+  assert layout(trainer) == [(2, 2, 2)] * 2
   state = trainer.compact(trainer.init_state(), np.array([False, True, True, True]))
-  assert [(g.planned, g.chunk, g.num_slots) for g in trainer.groups] == [(1, 1, 1), (2, 2, 2)]
+  assert layout(trainer) == [(1, 1, 1), (2, 2, 2)]
   assert [m.tolist() for m in trainer.slot_models] == [[1], [2, 3]]
   assert [s.params['logits']['bias'].shape[0] for s in state] == [1, 2]
 
   resumed = make()
-  resumed.restore_schedule(trainer.schedule())
-  assert ([(g.planned, g.chunk, g.num_slots) for g in resumed.groups]
-          == [(g.planned, g.chunk, g.num_slots) for g in trainer.groups])
-  # A checkpoint from before planned counts were saved: its slot counts stand for themselves.
-  older = {k: v for k, v in trainer.schedule().items() if k != 'planned'}
-  resumed = make()
-  resumed.restore_schedule(older)
-  assert [g.num_slots for g in resumed.groups] == [1, 2]
+  resumed.restore_schedule(schedule_lib.from_arrays(resumed.plan,
+                                                    schedule_lib.to_arrays(trainer.schedule)))
+  assert layout(resumed) == layout(trainer)

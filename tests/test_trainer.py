@@ -169,13 +169,3 @@ def test_balanced_order_cuts_every_class_to_the_smallest():
   assert np.all(np.bincount(epoch, minlength=10) == 3)
   other = np.asarray(input_pipeline.balanced_order(jax.random.PRNGKey(1), jnp.asarray(labels)))
   assert not np.array_equal(order[:n], other[:n])
-
-
-@pytest.mark.parametrize('wanted', [1, 3, 8, 9, 16, 20, 33])
-def test_vmap_chunk_does_not_depend_on_the_device_count_on_the_cpu(wanted):
-  chunks = {trainer_lib.vmap_chunk(wanted, 8, devices) for devices in (1, 2, 4, 8)}
-  assert len(chunks) == 1
-  chunk = chunks.pop()
-  assert 1 <= chunk <= 8 and -(-wanted // chunk) == -(-wanted // 8)  # the fewest chunks
-  # Unbounded (an accelerator's default): each device vmaps its share.
-  assert trainer_lib.vmap_chunk(wanted, 1 << 30, 4) == -(-wanted // 4)

@@ -133,9 +133,9 @@ class _Epochs:
   def __init__(self, trainer: trainer_lib.ZooTrainer):
     self.trainer = trainer
     (self.group,) = trainer.groups
-    # The trainer's own program and order draw (private to trainer.py, read here on purpose:
-    # the benchmark times exactly what `run_epoch` runs).
-    _, self.program = trainer._train[id(self.group)]
+    # The trainer's own program and order draw (the order program is private to trainer.py,
+    # read here on purpose: the benchmark times exactly what `run_epoch` runs).
+    _, self.program = trainer.train_program(0)
     self.active = jnp.ones(len(self.group.members), bool)
     self.state = trainer.init_state()[0]
     self.epoch = 0
