@@ -17,6 +17,7 @@ SCRIPT = textwrap.dedent('''
     import resource, signal, sys
     import numpy as np
     from nws_jax import early_stopping, trainer, zoo_builder
+    from nws_jax.zoo import schedule as schedule_lib
 
     def result(size, value):
       m = 3
@@ -24,7 +25,8 @@ SCRIPT = textwrap.dedent('''
           state=[np.random.default_rng(0).random((m, size), np.float32) + value],
           stopping=early_stopping.initial_state(m), curves=np.full((m, 4, 3), value),
           losses=np.full((m, 4), value), seconds=1.0, exports=np.zeros((m, 4, 3), np.int64),
-          schedule={'wave': np.int64(0)}, rounds=1)
+          schedule=schedule_lib.start(schedule_lib.Plan((np.arange(m),), np.zeros(1, np.int64), 1)),
+          rounds=1)
 
     directory = sys.argv[1]
     checkpointer = zoo_builder._StateCheckpointer(directory)
