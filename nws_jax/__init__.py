@@ -7,12 +7,16 @@ import os as _os
 
 __version__ = '0.1.0'
 
-# XLA:CPU hands some reductions to YNNPACK, whose results depend on the size of its thread pool
-# (max(cores, devices)): a zoo would differ between machines and device counts. Off unless the
-# user chose otherwise; read when JAX starts its CPU backend, so set on import.
+# XLA:CPU's results depend on the size of its intra-op thread pool (max(cores, devices)) where
+# its own (Eigen) matmuls split work by it (outputs narrower than 8 columns above all) and in
+# the reductions YNNPACK does; YNNPACK's matmuls do not (measured, docs/scale-out.md). So
+# matmuls go to YNNPACK (`cnn._contract` keeps sums out of its fusions), unless the user chose
+# otherwise. Read when JAX starts its CPU backend, so set on import.
 _YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type'
+YNN_FUSION_TYPE = 'dot'
 if _YNN_FLAG not in _os.environ.get('XLA_FLAGS', ''):
-  _os.environ['XLA_FLAGS'] = (_os.environ.get('XLA_FLAGS', '') + f' {_YNN_FLAG}=').strip()
+  _os.environ['XLA_FLAGS'] = (_os.environ.get('XLA_FLAGS', '')
+                              + f' {_YNN_FLAG}={YNN_FUSION_TYPE}').strip()
 
 
 def __getattr__(name):

@@ -208,8 +208,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, impl: str = 'im2col') -> jax.Array:
 # XLA:CPU's matmuls split a long contraction over its intra-op threads, and the split (so the
 # last bits) depends on the thread count, which is max(cores, devices). `matmul` contracts in
 # fixed chunks instead: a dense layer's inputs (few rows, long K) in chunks of CONTRACTION_K, a
-# weight gradient's rows in chunks of CONTRACTION_ROWS; chunk partial products are summed by an
-# ordinary reduction, whose order does not depend on threads. A convolution's K (taps ×
+# weight gradient's rows in chunks of CONTRACTION_ROWS; chunk partial products are summed in
+# halves, whose order does not depend on threads. A convolution's K (taps ×
 # channels) is not chunked: a padded model's K holds zeros between its own taps and channels,
 # and chunks would group its terms otherwise than the unpadded model's (one matmul adds the
 # zeros in place, exactly). On other backends a matmul is one matmul: the thread pool is
@@ -233,7 +233,13 @@ def _contract(x: jax.Array, w: jax.Array, chunks: int) -> jax.Array:
   m, k = x.shape
   parts = jnp.einsum('mck,ckn->cmn', x.reshape(m, chunks, k // chunks),
                      w.reshape(chunks, k // chunks, -1), precision=PRECISION)
-  return parts.sum(axis=0)
+  # Summed in halves, by elementwise adds: a sum (a reduce) would join the matmul's YNNPACK
+  # fusion, whose reductions split by the thread pool's size.
+  while len(parts) > 1:
+    half = len(parts) // 2
+    pairs = parts[:half] + parts[half:2 * half]
+    parts = pairs if len(parts) % 2 == 0 else jnp.concatenate([pairs, parts[2 * half:]])
+  return parts[0]
 
 
 def _matmul(x: jax.Array, w: jax.Array, chunk_k: bool) -> jax.Array:
