@@ -17,6 +17,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from nws_jax.zoo import schedule as schedule_lib
+
 MODELS = 'models'
 
 
@@ -29,8 +31,7 @@ def model_mesh(devices=None) -> Mesh:
 def round_up(n: int, mesh: Mesh, chunk: int = 1) -> int:
   """The smallest multiple of (the mesh's device count × chunk) that is at least n, and at least
   one such multiple."""
-  size = mesh.size * chunk
-  return max(1, -(-n // size)) * size
+  return schedule_lib.round_up(n, mesh.size, chunk)
 
 
 def model_sharding(mesh: Mesh) -> jax.sharding.Sharding:
