@@ -68,11 +68,15 @@ def compile_per_device(fn, mesh: Mesh | None, in_specs: str, out_specs,
   """`jax.jit` of `per_device(fn, mesh, in_specs, out_specs)`, donating `donate`; on a platform
   of IN_TURN_PLATFORMS with several devices in this process, an `InTurn` that gives the same
   results, one device at a time."""
-  if mesh is not None and mesh.devices.flat[0].platform in IN_TURN_PLATFORMS:
-    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
-    if len(local) > 1:
-      return InTurn(fn, mesh, in_specs, out_specs, donate)
+  if (mesh is not None and mesh.devices.flat[0].platform in IN_TURN_PLATFORMS
+      and len(_local_devices(mesh)) > 1):
+    return InTurn(fn, mesh, in_specs, out_specs, donate)
   return jax.jit(per_device(fn, mesh, in_specs, out_specs), donate_argnums=donate)
+
+
+def _local_devices(mesh: Mesh) -> list:
+  """The mesh's devices that belong to this process, in mesh order."""
+  return [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
 
 
 class InTurn:
@@ -88,7 +92,7 @@ class InTurn:
 
   def __init__(self, fn, mesh: Mesh, in_specs: str, out_specs, donate: tuple[int, ...] = ()):
     self.mesh, self.in_specs, self.out_specs, self.donate = mesh, in_specs, out_specs, donate
-    self.devices = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    self.devices = _local_devices(mesh)
     self.one = model_mesh(self.devices[:1])
     self.program = jax.jit(per_device(fn, self.one, in_specs, out_specs), donate_argnums=donate)
 

@@ -617,12 +617,12 @@ class ZooTrainer:
   def _compile(self):
     cfg = self.cfg
     slots = self.schedule.groups
+    open_ = self.open_groups()
     self._train = {i: _train_program(
         self.groups[i].arch, self.groups[i].batch_size,
         min(cfg.steps_per_call, self.groups[i].max_steps), self.conv_impl, cfg.augment,
         slots[i].chunk, self.groups[i].masked, self.mesh, cfg.bn_eval)
-        for i in self.open_groups()}
-    open_ = self.open_groups()
+        for i in open_}
     # Programs that read every model's parameters (init, evaluation, export) run once per
     # padded architecture over its open groups (batch size does not change parameter shapes).
     self._arch_groups = [idx for idx in ([i for i in open_ if self.groups[i].arch == a]
