@@ -41,10 +41,12 @@ from nws_jax import packing as packing_lib
 from nws_jax import sharding
 from nws_jax import snapshots as snapshots_lib
 from nws_jax import space
-from nws_jax import trainer as trainer_lib
 from nws_jax import workdir_lock
 from nws_jax import zoo as zoo_lib
+from nws_jax.zoo import loop
 from nws_jax.zoo import schedule as schedule_lib
+from nws_jax.zoo import step
+from nws_jax.zoo import trainer as trainer_lib
 
 # Test accuracy below which a model counts as failed to train (the release left such nets out);
 # a model that diverged counts as failed too.
@@ -120,9 +122,9 @@ class ZooConfig:
       value = getattr(self, name)
       if value is not None and value < 10:
         raise ValueError(f'{name} must be at least 10, got {value}')
-    if self.bn_eval not in trainer_lib.BN_EVALS:
+    if self.bn_eval not in step.BN_EVALS:
       raise ValueError(f'unknown bn_eval {self.bn_eval!r}; choose from: '
-                       + ', '.join(trainer_lib.BN_EVALS))
+                       + ', '.join(step.BN_EVALS))
     self.stopping_rules()
 
   def stopping_rules(self) -> early_stopping.StoppingRules:
@@ -305,7 +307,7 @@ def make_trainer(config: ZooConfig, configs: Sequence[space.ModelConfig] | None 
                                 mesh=mesh)
 
 
-def model_table(trainer: trainer_lib.ZooTrainer, result: trainer_lib.TrainResult) -> pd.DataFrame:
+def model_table(trainer: trainer_lib.ZooTrainer, result: loop.TrainResult) -> pd.DataFrame:
   """The models.csv rows of a trained zoo.
 
   Every model keeps its row. `status` is one of `early_stopping.STATUS_NAMES`: 'diverged' marks
@@ -334,7 +336,7 @@ def model_table(trainer: trainer_lib.ZooTrainer, result: trainer_lib.TrainResult
                       + ['failed', 'steps_per_epoch'])
 
 
-def curves_table(trainer: trainer_lib.ZooTrainer, result: trainer_lib.TrainResult) -> pd.DataFrame:
+def curves_table(trainer: trainer_lib.ZooTrainer, result: loop.TrainResult) -> pd.DataFrame:
   """The curves.csv rows: one per model and epoch 0..epochs (0 = initialisation)."""
   parts = []
   for pos in range(trainer.num_models):
@@ -374,7 +376,7 @@ class _StateCheckpointer:
         options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=True,
                                              create=True))
 
-  def save(self, rounds: int, result: trainer_lib.TrainResult) -> None:
+  def save(self, rounds: int, result: loop.TrainResult) -> None:
     tree = {'state': [sharding.to_host(x) for x in jax.tree.leaves(result.state)],
             'stopping': {k: np.asarray(v) for k, v in result.stopping._asdict().items()},
             'curves': result.curves, 'losses': result.losses, 'epoch': np.int64(rounds),
@@ -384,7 +386,7 @@ class _StateCheckpointer:
       tree['started_with'] = self._digest
     self._manager.save(rounds, args=ocp.args.StandardSave(tree))
 
-  def restore(self, trainer: trainer_lib.ZooTrainer) -> trainer_lib.TrainResult | None:
+  def restore(self, trainer: trainer_lib.ZooTrainer) -> loop.TrainResult | None:
     """The last saved round's result (its state in the trainer's slot layout), or None.
     Raises WorkdirError for a checkpoint that cannot be read or does not fit the zoo."""
     step = self._manager.latest_step()
@@ -409,7 +411,7 @@ class _StateCheckpointer:
       state = jax.tree.unflatten(treedef, sharding.put_models(leaves, trainer.mesh))
       stopping = early_stopping.StoppingState(**{k: np.asarray(v)
                                                  for k, v in tree['stopping'].items()})
-      result = trainer_lib.TrainResult(state, stopping, np.asarray(tree['curves']),
+      result = loop.TrainResult(state, stopping, np.asarray(tree['curves']),
                                        np.asarray(tree['losses']), float(tree['seconds']),
                                        np.asarray(tree['exports']), schedule, int(tree['epoch']))
     except (ValueError, KeyError, TypeError, OSError) as e:
@@ -525,7 +527,7 @@ def _build_zoo(config: ZooConfig, workdir: str, *, resume: bool = False, overwri
       exports.save(number, tuple(sharding.to_host(a) for a in arrays))
 
     try:
-      result = trainer_lib.train(trainer, resume=restored, on_export=save_export,
+      result = loop.train(trainer, resume=restored, on_export=save_export,
                                  on_epoch=checkpoint, progress=progress and primary)
     except BaseException:
       # Saves in flight finish (an unfinished async save would hang the interpreter's exit).

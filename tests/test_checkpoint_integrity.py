@@ -16,12 +16,13 @@ from helpers import file_state
 SCRIPT = textwrap.dedent('''
     import resource, signal, sys
     import numpy as np
-    from nws_jax import early_stopping, trainer, zoo_builder
+    from nws_jax import early_stopping, zoo_builder
+    from nws_jax.zoo import loop
     from nws_jax.zoo import schedule as schedule_lib
 
     def result(size, value):
       m = 3
-      return trainer.TrainResult(
+      return loop.TrainResult(
           state=[np.random.default_rng(0).random((m, size), np.float32) + value],
           stopping=early_stopping.initial_state(m), curves=np.full((m, 4, 3), value),
           losses=np.full((m, 4), value), seconds=1.0, exports=np.zeros((m, 4, 3), np.int64),

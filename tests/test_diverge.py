@@ -13,8 +13,9 @@ from nws_jax import input_pipeline
 from nws_jax import sharding
 from nws_jax import snapshots
 from nws_jax import space
-from nws_jax import trainer as trainer_lib
 from nws_jax import zoo_builder
+from nws_jax.zoo import loop
+from nws_jax.zoo import trainer as trainer_lib
 from helpers import MemoryWriter
 
 NAMES = ('gratings', 'shapes')
@@ -54,7 +55,7 @@ def _exports(trainer, result, writer, m):
 def _run(tiny_datasets, configs):
   trainer = _trainer(tiny_datasets, configs)
   writer = MemoryWriter()
-  result = trainer_lib.train(trainer, on_export=writer.save)
+  result = loop.train(trainer, on_export=writer.save)
   return trainer, result, writer
 
 
@@ -133,11 +134,12 @@ def test_train_steps_freezes_a_model_at_its_last_finite_step(tiny_datasets, runs
   # program the runs above compiled, so no second compile (minutes on a small CPU).
   trainer = _trainer(tiny_datasets, DIVERGED_CONFIGS)
   (group,) = trainer.groups
-  num_steps, program = trainer.train_program(0)
+  programs = trainer.programs.groups[0]
+  num_steps, program = programs.steps_per_call, programs.train
   assert num_steps == 2 and list(trainer.slot_models[0]) == [0, DIVERGING]
-  hyper = trainer._slot_hyper[0]
+  hyper = trainer.slot_hyper[0]
   epoch = sharding.put_models(np.ones(2, np.int32), trainer.mesh)
-  order = trainer_lib._order_program(trainer.mesh)(hyper, epoch, trainer.data)
+  order = programs.order(hyper, epoch, trainer.data)
   initial = jax.tree.map(np.asarray, trainer.init_state()[0])
 
   def steps(hp, active):

@@ -9,12 +9,12 @@ import pytest
 
 from nws_jax import cnn
 from nws_jax import space
-from nws_jax import trainer as trainer_lib
 from nws_jax import zoo as zoo_lib
 from nws_jax import zoo_builder
 from nws_jax.meta import split as split_lib
 from nws_jax.meta import targets as targets_lib
 from nws_jax.meta import train
+from nws_jax.zoo import step
 from helpers import build_crashing_after
 
 # Seed 73 draws two models of one layer structure and batch size 64 with different filter
@@ -59,7 +59,7 @@ def test_both_models_run_padded_in_one_program():
 def test_first_snapshot_is_each_models_own_initialisation_in_release_order(built):
   init = jax.jit(cnn.init, static_argnums=1)
   for i, row in enumerate(built.table.to_dict('records')):
-    key = jax.random.fold_in(trainer_lib.model_key(CONFIG.seed, i), 0)
+    key = jax.random.fold_in(step.model_key(CONFIG.seed, i), 0)
     params, stats = init(key, _arch(row), jax.numpy.int32(row['initialization']))
     # Export 1 holds the initial weights and, as the original's did, the moving statistics
     # that its evaluation passes left (bn_eval='original'): data statistics, not 0 and 1.

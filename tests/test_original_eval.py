@@ -23,8 +23,10 @@ from nws_jax import input_pipeline
 from nws_jax import optim
 from nws_jax import snapshots
 from nws_jax import space
-from nws_jax import trainer as trainer_lib
 from nws_jax import zoo_builder
+from nws_jax.zoo import loop
+from nws_jax.zoo import step
+from nws_jax.zoo import trainer as trainer_lib
 
 NAMES = ('gratings', 'shapes')
 BASE = space.ModelConfig(dataset='gratings', lrate=0.0005, batch_size=32, batch_norm=True,
@@ -44,7 +46,7 @@ def reference_run(hp, config, data, arch, rules):
   """The original loop for one model: (curves [exports, 3], vectors [exports, n], exports)."""
   bs = config.batch_size
   spe = int(hp.steps_per_epoch)
-  params, stats = trainer_lib.init_model(hp, arch)[:2]
+  params, stats = step.init_model(hp, arch)[:2]
   opt = optim.init(params)
   d = int(hp.dataset)
 
@@ -74,11 +76,11 @@ def reference_run(hp, config, data, arch, rules):
   es = es_same = es_below = 0
   current = smooth = None
   for epoch in range(1, MAX_EPOCHS + 2):
-    order = np.asarray(trainer_lib.epoch_order(hp, jnp.int32(epoch), data))
+    order = np.asarray(step.epoch_order(hp, jnp.int32(epoch), data))
     for s in range(spe):
       rows = order[s * bs:(s + 1) * bs]
       images, labels = data.train_images[d, rows], data.train_labels[d, rows]
-      key = trainer_lib.step_key(hp, jnp.int32(epoch), jnp.int32(s))
+      key = step.step_key(hp, jnp.int32(epoch), jnp.int32(s))
       hits, stats = graph_eval(params, stats, images, labels, jax.random.fold_in(key, 2))
       train_hits, train_seen = train_hits + int(hits.sum()), train_seen + bs
       if s == 0:  # the export after epoch - 1 epochs
@@ -132,7 +134,7 @@ def zoo_and_references(tiny_datasets):
   assert cfg.bn_eval == 'original' and rules.reading == 'original'  # the defaults
   trainer = trainer_lib.ZooTrainer(CONFIGS, MODEL_IDS, data, NAMES, sizes, cfg)
   exported = {}
-  result = trainer_lib.train(trainer, on_export=lambda n, w: exported.update(
+  result = loop.train(trainer, on_export=lambda n, w: exported.update(
       {n: [np.asarray(a) for a in w]}))
   (group,) = trainer.groups
   refs = []

@@ -14,7 +14,7 @@ from nws_jax import cnn
 from nws_jax import input_pipeline
 from nws_jax import packing
 from nws_jax import space
-from nws_jax import trainer as trainer_lib
+from nws_jax.zoo import trainer as trainer_lib
 
 # (own, padded): every padded dimension, each conv layout, a padded first dense layer.
 PAIRS = [

@@ -12,8 +12,9 @@ from nws_jax import early_stopping
 from nws_jax import input_pipeline
 from nws_jax import snapshots
 from nws_jax import space
-from nws_jax import trainer as trainer_lib
+from nws_jax.zoo import loop
 from nws_jax.zoo import schedule as schedule_lib
+from nws_jax.zoo import trainer as trainer_lib
 from helpers import MemoryWriter
 
 NAMES = ('gratings', 'shapes')
@@ -43,7 +44,7 @@ def _run(tiny_datasets, **options):
   trainer = trainer_lib.ZooTrainer(CONFIGS, [0, 1, 2, 3], data, NAMES, sizes, cfg)
   writer = MemoryWriter()
   rounds = []  # after each round: (wave, each group's slot occupants)
-  result = trainer_lib.train(
+  result = loop.train(
       trainer, on_export=writer.save,
       on_epoch=lambda r, res: rounds.append((trainer.wave,
                                              [m.copy() for m in trainer.slot_models])))

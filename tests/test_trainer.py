@@ -11,7 +11,8 @@ from nws_jax import cnn
 from nws_jax import early_stopping
 from nws_jax import input_pipeline
 from nws_jax import space
-from nws_jax import trainer as trainer_lib
+from nws_jax.zoo import loop
+from nws_jax.zoo import trainer as trainer_lib
 
 NAMES = ('gratings', 'shapes')
 BASE = space.ModelConfig(dataset='gratings', lrate=0.002, batch_size=32, batch_norm=True,
@@ -147,7 +148,7 @@ def test_train_loop_exports_every_epoch_and_records_curves(tiny_datasets):
   trainer = make(tiny_datasets, CONFIGS[:2], MODEL_IDS[:2],
                  rules=early_stopping.StoppingRules(min_epochs=1, max_epochs=3))
   exported = {}
-  result = trainer_lib.train(trainer, on_export=lambda step, w: exported.update({step: w}))
+  result = loop.train(trainer, on_export=lambda step, w: exported.update({step: w}))
   assert sorted(exported) == [0, 1, 2, 3]
   assert [a.shape for a in exported[0]] == [(2, 92868)]
   np.testing.assert_array_equal(result.stopping.epochs, [3, 3])

@@ -48,9 +48,9 @@ import jax.numpy as jnp
 
 from nws_jax import cnn
 from nws_jax import space
-from nws_jax import trainer as trainer_lib
 from nws_jax.bench import common
 from nws_jax.bench import zoo
+from nws_jax.zoo import step
 
 SUITE = 'roofline'
 TRAIN_OVER_FORWARD = 3  # forward + backward (≈ 2× forward, input and weight gradients)
@@ -103,13 +103,13 @@ def xla_step_flops(config: common.BenchConfig) -> float | None:
       return jax.tree.map(lambda x: x[0], tree)
 
     state, hyper = first(trainer.init_state()[0]), first(group.hyper)
-    order = trainer_lib.epoch_order(hyper, jnp.int32(1), trainer.data)
-    step = functools.partial(trainer_lib.train_steps, arch=group.arch,
+    order = step.epoch_order(hyper, jnp.int32(1), trainer.data)
+    one_step = functools.partial(step.train_steps, arch=group.arch,
                              batch_size=group.batch_size, num_steps=1,
                              conv_impl=trainer.conv_impl, augment_config=trainer.cfg.augment,
                              masked=group.masked, bn_eval=trainer.cfg.bn_eval)
-    compiled = jax.jit(step).lower(state, hyper, order, jnp.bool_(True), jnp.int32(1),
-                                   jnp.int32(0), trainer.data).compile()
+    compiled = jax.jit(one_step).lower(state, hyper, order, jnp.bool_(True), jnp.int32(1),
+                                       jnp.int32(0), trainer.data).compile()
     return _flops_of(compiled)
 
   return zoo.cached(('xla_step_flops', config.batch_size, config.conv_impl, config.bn_eval,

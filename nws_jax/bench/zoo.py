@@ -54,8 +54,8 @@ from nws_jax import datasets
 from nws_jax import input_pipeline
 from nws_jax import sharding
 from nws_jax import space
-from nws_jax import trainer as trainer_lib
 from nws_jax.bench import common
+from nws_jax.zoo import trainer as trainer_lib
 
 SUITE = 'zoo'
 DATASET = 'gratings'
@@ -133,16 +133,16 @@ class _Epochs:
   def __init__(self, trainer: trainer_lib.ZooTrainer):
     self.trainer = trainer
     (self.group,) = trainer.groups
-    # The trainer's own program and order draw (the order program is private to trainer.py,
-    # read here on purpose: the benchmark times exactly what `run_epoch` runs).
-    _, self.program = trainer.train_program(0)
+    # The trainer's own programs: the benchmark times exactly what `run_epoch` runs.
+    self.programs = trainer.programs.groups[0]
+    self.program = self.programs.train
     self.active = jnp.ones(len(self.group.members), bool)
     self.state = trainer.init_state()[0]
     self.epoch = 0
 
   def _args(self, state, hyper, epoch):
     epochs = jnp.full(len(self.group.members), epoch, jnp.int32)  # One epoch for every slot.
-    order = trainer_lib._order_program(self.trainer.mesh)(hyper, epochs, self.trainer.data)
+    order = self.programs.order(hyper, epochs, self.trainer.data)
     return state, hyper, order, self.active, epochs, jnp.int32(0), self.trainer.data
 
   def compile(self):
