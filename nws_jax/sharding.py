@@ -20,6 +20,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from nws_jax.zoo import schedule as schedule_lib
 
 MODELS = 'models'
+# How a program's argument or output is laid out over the mesh (trees of these, one per argument
+# or output, are what `per_device` and `compile_per_device` take, as `jax.shard_map` does):
+SPLIT = PartitionSpec(MODELS)  # the leading (models) axis split over the devices
+WHOLE = PartitionSpec()        # the whole value on every device
+
+
+def _is_spec(x) -> bool:
+  return isinstance(x, PartitionSpec)
 
 
 def model_mesh(devices=None) -> Mesh:
@@ -36,24 +44,23 @@ def round_up(n: int, mesh: Mesh, chunk: int = 1) -> int:
 
 def model_sharding(mesh: Mesh) -> jax.sharding.Sharding:
   """Leading axis split over the mesh, the rest whole."""
-  return NamedSharding(mesh, PartitionSpec(MODELS))
+  return NamedSharding(mesh, SPLIT)
 
 
 def replicated(mesh: Mesh) -> jax.sharding.Sharding:
-  return NamedSharding(mesh, PartitionSpec())
+  return NamedSharding(mesh, WHOLE)
 
 
-def per_device(fn, mesh: Mesh | None, in_specs: str, out_specs):
+def per_device(fn, mesh: Mesh | None, in_specs: tuple, out_specs):
   """fn run by every device of `mesh` on its own shards, with no communication: in_specs has one
-  letter per argument, 'M' split by models (leading axis) or 'R' whole on every device;
-  out_specs likewise, a letter or a tree of letters per output. Every mesh goes through
+  spec per argument, `SPLIT` (leading axis split by models) or `WHOLE` (on every device);
+  out_specs likewise, a spec or a tree of specs for the output. Every mesh goes through
   `shard_map`, though on one device JAX lowers it without partitioning (docs/scale-out.md).
   mesh None: fn itself."""
   if mesh is None:
     return fn
-  spec = {'M': PartitionSpec(MODELS), 'R': PartitionSpec()}
-  return jax.shard_map(fn, mesh=mesh, in_specs=tuple(spec[s] for s in in_specs),
-                       out_specs=jax.tree.map(spec.get, out_specs), check_vma=False)
+  return jax.shard_map(fn, mesh=mesh, in_specs=tuple(in_specs), out_specs=out_specs,
+                       check_vma=False)
 
 
 # XLA:CPU gives a program other bits when programs of other devices of the process run at the
@@ -63,7 +70,7 @@ def per_device(fn, mesh: Mesh | None, in_specs: str, out_specs):
 IN_TURN_PLATFORMS = frozenset({'cpu'})
 
 
-def compile_per_device(fn, mesh: Mesh | None, in_specs: str, out_specs,
+def compile_per_device(fn, mesh: Mesh | None, in_specs: tuple, out_specs,
                        donate: tuple[int, ...] = ()):
   """`jax.jit` of `per_device(fn, mesh, in_specs, out_specs)`, donating `donate`; on a platform
   of IN_TURN_PLATFORMS with several devices in this process, an `InTurn` that gives the same
@@ -85,20 +92,21 @@ class InTurn:
   program it replaces, on the same global arrays.
 
   Every run uses one program, compiled for a 1-device mesh of the process's first device (the
-  program a 1-device zoo runs): a device's 'M' shards are copied there and its results copied
-  back. 'R' arguments are read from that first device; 'R' outputs come from its run (shard_map
-  likewise assumes they agree).
+  program a 1-device zoo runs): a device's `SPLIT` shards are copied there and its results
+  copied back. `WHOLE` arguments are read from that first device; `WHOLE` outputs come from its
+  run (shard_map likewise assumes they agree).
   """
 
-  def __init__(self, fn, mesh: Mesh, in_specs: str, out_specs, donate: tuple[int, ...] = ()):
-    self.mesh, self.in_specs, self.out_specs, self.donate = mesh, in_specs, out_specs, donate
+  def __init__(self, fn, mesh: Mesh, in_specs: tuple, out_specs, donate: tuple[int, ...] = ()):
+    self.mesh, self.out_specs, self.donate = mesh, out_specs, donate
+    self.in_specs = tuple(in_specs)
     self.devices = _local_devices(mesh)
     self.one = model_mesh(self.devices[:1])
     self.program = jax.jit(per_device(fn, self.one, in_specs, out_specs), donate_argnums=donate)
 
-  def _part(self, x, spec: str, device):
+  def _part(self, x, spec: PartitionSpec, device):
     """The piece of argument leaf x that `device` runs on, placed as a 1-device zoo places it."""
-    if spec == 'R':
+    if spec == WHOLE:
       if not isinstance(x, jax.Array):
         return x
       pieces = [s.data for s in x.addressable_shards if s.device == self.devices[0]]
@@ -118,9 +126,9 @@ class InTurn:
     return [jax.tree.map(lambda x, s=s: self._part(x, s, device), a)
             for a, s in zip(args, self.in_specs)]
 
-  def _gather(self, spec: str, *outs):
+  def _gather(self, spec: PartitionSpec, *outs):
     """One global array from the leaf's result on each device (outs in self.devices order)."""
-    if spec == 'R':
+    if spec == WHOLE:
       arrays = [jax.device_put(outs[0], d) for d in self.devices]
       return jax.make_array_from_single_device_arrays(outs[0].shape, replicated(self.mesh),
                                                       arrays)
@@ -140,19 +148,19 @@ class InTurn:
     return jax.tree.map(
         lambda spec, *subtrees: jax.tree.map(lambda *leaves: self._gather(spec, *leaves),
                                              *subtrees),
-        self.out_specs, *results)
+        self.out_specs, *results, is_leaf=_is_spec)
 
   def lower(self, *args):
     """The program each device runs, lowered for these arguments (arrays or
     `ShapeDtypeStruct`s placed as for the mesh-wide program)."""
 
     def abstract(x, spec):
-      if spec == 'R' and not isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
+      if spec == WHOLE and not isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
         return x
       shape = tuple(x.shape)
-      if spec == 'M':
+      if spec == SPLIT:
         shape = (shape[0] // self.mesh.size,) + shape[1:]
-      place = model_sharding(self.one) if spec == 'M' else replicated(self.one)
+      place = model_sharding(self.one) if spec == SPLIT else replicated(self.one)
       return jax.ShapeDtypeStruct(shape, x.dtype, sharding=place)
 
     return self.program.lower(*[jax.tree.map(lambda x, s=s: abstract(x, s), a)

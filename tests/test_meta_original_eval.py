@@ -288,7 +288,7 @@ def test_per_net_batches_hold_one_net_each_with_batch_statistics(zoo):
     offsets = evaluate.position_offsets(lo[[m]], hi[[m]], LENGTH, 16)[0]
     out = evaluate._outputs(ctx, np.full(16, m), np.full(16, 19), offsets)
     alone.append(out)
-    expected = np.mean(evaluate._predicted(ctx, 0, out) == ctx.true[0, m])
+    expected = np.mean(ctx.targets[0].predict(out[0]) == ctx.true[0, m])
     assert per_net.loc[m, 'value'] == pytest.approx(expected)
   # Batch statistics are in effect: the same slices beside another net's come out otherwise.
   offsets = evaluate.position_offsets(lo[models[:2]], hi[models[:2]], LENGTH, 16)[:, :8]

@@ -2,6 +2,7 @@
 
 import struct
 
+import matplotlib.figure
 import numpy as np
 import pandas as pd
 import pytest
@@ -111,39 +112,39 @@ def _assert_no_temp_files(folder):
 def test_writes_a_png(tmp_path, name):
   plot, make, kwargs = CASES[name]
   path = tmp_path / f'{name}.png'
-  plot(make(), path, **kwargs)
+  fig = plot(make(), **kwargs)
+  assert isinstance(fig, matplotlib.figure.Figure) and fig.axes  # a figure, drawn, unsaved
+  assert list(tmp_path.iterdir()) == []
+  plots.save(fig, path)
   _assert_png(path)
   _assert_no_temp_files(tmp_path)
 
 
 @pytest.mark.parametrize('name', sorted(CASES))
-def test_missing_column_raises(tmp_path, name):
+def test_missing_column_raises(name):
   plot, make, kwargs = CASES[name]
   frame = make().drop(columns=['property'])
   with pytest.raises(ValueError, match='missing columns'):
-    plot(frame, tmp_path / 'x.png', **kwargs)
-  assert list(tmp_path.iterdir()) == []
+    plot(frame, **kwargs)
 
 
 @pytest.mark.parametrize('name', sorted(CASES))
-def test_empty_frame_raises(tmp_path, name):
+def test_empty_frame_raises(name):
   plot, make, kwargs = CASES[name]
   frame = make().iloc[:0]
   with pytest.raises(ValueError, match='empty'):
-    plot(frame, tmp_path / 'x.png', **kwargs)
-  assert list(tmp_path.iterdir()) == []
+    plot(frame, **kwargs)
 
 
-def test_unknown_metric_raises(tmp_path):
+def test_unknown_metric_raises():
   frame = _accuracy().assign(metric='rmse')
   with pytest.raises(ValueError, match='unknown metric'):
-    plots.plot_accuracy(frame, tmp_path / 'x.png')
+    plots.plot_accuracy(frame)
 
 
-def test_baseline_is_checked(tmp_path):
+def test_baseline_is_checked():
   with pytest.raises(ValueError, match='baseline: missing columns'):
-    plots.plot_accuracy(_accuracy(), tmp_path / 'x.png',
-                        baseline=_baseline().drop(columns=['method']))
+    plots.plot_accuracy(_accuracy(), baseline=_baseline().drop(columns=['method']))
 
 
 def test_nan_parts_do_not_crash(tmp_path):
@@ -152,7 +153,7 @@ def test_nan_parts_do_not_crash(tmp_path):
                       ('with_all', pd.concat([_part(with_nan=False),
                                               _part().assign(part='all')]))):
     path = tmp_path / f'{name}.png'
-    plots.plot_part(frame, path)
+    plots.save(plots.plot_part(frame), path)
     _assert_png(path)
   _assert_no_temp_files(tmp_path)
 
@@ -160,9 +161,9 @@ def test_nan_parts_do_not_crash(tmp_path):
 def test_single_metric_frames(tmp_path):
   """Only accuracy rows, or only the regressed lrate: one panel, still a figure."""
   acc, mae = _position().query("metric == 'accuracy'"), _position().query("metric == 'mae'")
-  plots.plot_position(acc, tmp_path / 'acc.png', 0.5)
-  plots.plot_position(mae, tmp_path / 'mae.png', 0.5)
-  plots.plot_accuracy(_accuracy().query("metric == 'mae'"), tmp_path / 'lrate.png')
+  plots.save(plots.plot_position(acc, 0.5), tmp_path / 'acc.png')
+  plots.save(plots.plot_position(mae, 0.5), tmp_path / 'mae.png')
+  plots.save(plots.plot_accuracy(_accuracy().query("metric == 'mae'")), tmp_path / 'lrate.png')
   for name in ('acc', 'mae', 'lrate'):
     _assert_png(tmp_path / f'{name}.png')
   _assert_no_temp_files(tmp_path)
@@ -170,18 +171,18 @@ def test_single_metric_frames(tmp_path):
 
 def test_history_without_validation(tmp_path):
   path = tmp_path / 'history.png'
-  plots.plot_history(_history(valid=False), path)
+  plots.save(plots.plot_history(_history(valid=False)), path)
   _assert_png(path)
 
 
-def test_snapshot_bad_train_range(tmp_path):
+def test_snapshot_bad_train_range():
   with pytest.raises(ValueError, match='train_range'):
-    plots.plot_snapshot(_snapshot(), tmp_path / 'x.png', (20, 11))
+    plots.plot_snapshot(_snapshot(), (20, 11))
 
 
 def test_overwrites_existing_file(tmp_path):
   path = tmp_path / 'accuracy.png'
   path.write_bytes(b'old')
-  plots.plot_accuracy(_accuracy(), str(path))
+  plots.save(plots.plot_accuracy(_accuracy()), str(path))
   _assert_png(path)
   _assert_no_temp_files(tmp_path)

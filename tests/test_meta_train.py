@@ -207,3 +207,22 @@ def test_summary_shows_chance_the_baseline_and_the_mae_ratio():
                                           empty, baseline, empty))
   assert old.splitlines()[1].split()[3] == 'n/a'
   assert 'lrate: MAE / MAE of predicting the training mean = 0.50' in text
+
+
+def test_one_decoder_gives_training_scores_and_evaluation_predictions():
+  """`PropertyTarget.predict` decodes a stack's outputs for both the training loop's scores
+  (standardised lrate) and the evaluations (lrate in its own units); heads are padded."""
+  cls = targets_lib.PropertyTarget('optimizer', classes=(0, 1, 2))
+  reg = targets_lib.PropertyTarget('lrate', mean=0.002, std=0.001)
+  outputs = np.array([[[0.1, 0.9, 0.0, 5.0], [2.0, 0.1, 0.3, 5.0], [0.0, 0.0, 1.0, 5.0]],
+                      [[0.5, 7.0, 7.0, 7.0], [-1.0, 7.0, 7.0, 7.0], [2.0, 7.0, 7.0, 7.0]]])
+  np.testing.assert_array_equal(cls.predict(outputs[0]), [1, 0, 2])  # the pad (5.0) ignored
+  np.testing.assert_allclose(reg.predict(outputs[1], standardised=True), [0.5, -1.0, 2.0])
+  np.testing.assert_allclose(reg.predict(outputs[1]), [0.0025, 0.001, 0.004])
+  np.testing.assert_allclose(cls.probabilities(outputs[0]).sum(-1), 1.0)
+  labels = np.array([[1, 1, 2], [0, 0, 0]])
+  values = np.array([[0.0] * 3, [0.5, 0.0, 1.0]])
+  np.testing.assert_allclose(train.scores(outputs, labels, values, [cls, reg]),
+                             [2 / 3, -(0 + 1 + 1) / 3])
+  assert targets_lib.score(reg, reg.predict(outputs[1]), np.array([0.0025, 0.001, 0.003])) \
+      == pytest.approx(0.001 / 3)

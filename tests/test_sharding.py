@@ -23,6 +23,8 @@ def _checks() -> None:
 
   assert jax.device_count() == DEVICES
   mesh = sharding.model_mesh()
+  SPECS = (sharding.SPLIT, sharding.SPLIT, sharding.WHOLE)  # state, scale, offset
+  OUT_SPECS = (sharding.SPLIT, sharding.WHOLE)  # new state, total
   spans, lock = [], threading.Lock()
 
   def record(x):
@@ -46,9 +48,9 @@ def _checks() -> None:
     return ({'w': sharding.put_models(w, mesh)}, sharding.put_models(scale, mesh),
             sharding.put_replicated(np.float32(0.5), mesh))
 
-  in_turn = sharding.compile_per_device(fn, mesh, 'MMR', ('M', 'R'), donate=(0,))
+  in_turn = sharding.compile_per_device(fn, mesh, SPECS, OUT_SPECS, donate=(0,))
   assert isinstance(in_turn, sharding.InTurn)
-  together = jax.jit(sharding.per_device(fn, mesh, 'MMR', ('M', 'R')))
+  together = jax.jit(sharding.per_device(fn, mesh, SPECS, OUT_SPECS))
   args = inputs()
   (new, doubled) = in_turn(*args)
   assert args[0]['w'].is_deleted()  # Donated, as by the jitted program.
@@ -77,7 +79,8 @@ def _checks() -> None:
   lowered.compile()
 
   # One device, or another platform: the jitted shard_map program itself.
-  one = sharding.compile_per_device(fn, sharding.model_mesh(jax.devices()[:1]), 'MMR', ('M', 'R'))
+  one = sharding.compile_per_device(fn, sharding.model_mesh(jax.devices()[:1]), SPECS,
+                                    OUT_SPECS)
   assert not isinstance(one, sharding.InTurn)
   print('ok')
 

@@ -138,27 +138,6 @@ def _outputs_mixed(ctx: EvalContext, models, snaps, offsets,
   return result
 
 
-def _predicted(ctx: EvalContext, p: int, outputs: np.ndarray) -> np.ndarray:
-  """Property p's predictions [...]: class index, or lrate in its own units."""
-  t = ctx.targets[p]
-  if t.is_regression:
-    return outputs[p, ..., 0] * t.std + t.mean
-  return outputs[p, ..., :t.num_classes].argmax(-1)
-
-
-def _probabilities(ctx: EvalContext, p: int, outputs: np.ndarray) -> np.ndarray:
-  t = ctx.targets[p]
-  logits = outputs[p, ..., :t.num_classes]
-  e = np.exp(logits - logits.max(-1, keepdims=True))
-  return e / e.sum(-1, keepdims=True)
-
-
-def _score(target, predicted: np.ndarray, true: np.ndarray) -> float:
-  if target.is_regression:
-    return float(np.abs(predicted - true).mean())
-  return float((predicted == true).mean())
-
-
 def _random_triples(ctx: EvalContext, models: np.ndarray, snapshot_numbers: np.ndarray,
                     part: str, per_snapshot: int, rng: np.random.Generator):
   """(models, 0-based snapshots, offsets) [T·S'·per_snapshot], pair-major."""
@@ -188,19 +167,18 @@ def evaluate_slices(ctx: EvalContext, slices_per_snapshot: int = 20,
   for p, t in enumerate(ctx.targets):
     keep = ctx.keep(p, m)  # whole pairs: a model is scored or not
     true = ctx.true[p, m][keep]
-    pred = _predicted(ctx, p, out)[keep]
-    single = _score(t, pred, true)
+    pred = t.predict(out[p])[keep]
+    single = targets_lib.score(t, pred, true)
     true_pairs = true.reshape(-1, slices_per_snapshot)[:, 0]
     pred_pairs = pred.reshape(-1, slices_per_snapshot)
     if t.is_regression:
-      majority = _score(t, np.median(pred_pairs, axis=1), true_pairs)
-      mean_prob = _score(t, pred_pairs.mean(axis=1), true_pairs)
+      majority = targets_lib.score(t, np.median(pred_pairs, axis=1), true_pairs)
+      mean_prob = targets_lib.score(t, pred_pairs.mean(axis=1), true_pairs)
     else:
       votes = np.apply_along_axis(np.bincount, 1, pred_pairs, minlength=t.num_classes)
-      majority = _score(t, votes.argmax(1), true_pairs)
-      probs = _probabilities(ctx, p, out)[keep].reshape(len(true_pairs), slices_per_snapshot,
-                                                        -1)
-      mean_prob = _score(t, probs.mean(1).argmax(-1), true_pairs)
+      majority = targets_lib.score(t, votes.argmax(1), true_pairs)
+      probs = t.probabilities(out[p])[keep].reshape(len(true_pairs), slices_per_snapshot, -1)
+      mean_prob = targets_lib.score(t, probs.mean(1).argmax(-1), true_pairs)
     common = dict(property=t.name, metric=_metric(t))
     chance = ctx.chance(t)
     acc_rows.append(dict(common, value=single, chance=chance, n_test_models=ctx.n_test(p)))
@@ -248,13 +226,13 @@ def evaluate_positions(ctx: EvalContext, num_positions: int = 100) -> tuple[pd.D
   rows = []
   for p, t in enumerate(ctx.targets):
     keep = ctx.keep(p, m)
-    pred = _predicted(ctx, p, out)[keep]
+    pred = t.predict(out[p])[keep]
     true = ctx.true[p, m][keep]
     chance = ctx.chance(t)
     for i in range(num_positions):
       rows.append(dict(property=t.name, metric=_metric(t), position=i,
                        offset=float(starts[:, i].mean()), fraction=float(fractions[i]),
-                       value=_score(t, pred[:, i], true), chance=chance))
+                       value=targets_lib.score(t, pred[:, i], true), chance=chance))
   test = ctx.table.iloc[ctx.test_models]
   return pd.DataFrame(rows), slices_lib.conv_fraction(test['weightn_conv'], test['weightn_fc'])
 
@@ -286,7 +264,7 @@ def evaluate_per_net(ctx: EvalContext) -> pd.DataFrame:
   out = _outputs(ctx, np.repeat(m, batch), np.repeat(s, batch), starts.reshape(-1))
   rows = []
   for p, t in enumerate(ctx.targets):
-    pred = _predicted(ctx, p, out).reshape(len(m), batch)
+    pred = t.predict(out[p]).reshape(len(m), batch)
     true = ctx.true[p, m]
     if t.is_regression:
       scores = np.abs(pred - true[:, None]).mean(1)
@@ -331,7 +309,7 @@ def evaluate_snapshots(ctx: EvalContext, slices_per_snapshot: int = 4,
     for number, (at, out) in zip(numbers, outs):
       k = keep[at]
       rows.append(dict(property=t.name, metric=_metric(t), snapshot=int(number),
-                       value=_score(t, _predicted(ctx, p, out)[k], ctx.true[p, m[at]][k]),
+                       value=targets_lib.score(t, t.predict(out[p])[k], ctx.true[p, m[at]][k]),
                        chance=chance,
                        trained=bool(spec.first_snapshot <= number <= spec.last_snapshot)))
   return pd.DataFrame(rows)
@@ -354,7 +332,7 @@ def evaluate_parts(ctx: EvalContext, slices_per_snapshot: int = 4, seed: int = 0
     for p, t in enumerate(ctx.targets):
       if fits:
         keep = ctx.keep(p, m)
-        value = _score(t, _predicted(ctx, p, out)[keep], ctx.true[p, m][keep])
+        value = targets_lib.score(t, t.predict(out[p])[keep], ctx.true[p, m][keep])
       else:
         value = np.nan
       rows.append(dict(property=t.name, metric=_metric(t), part=part, value=value,
@@ -389,17 +367,17 @@ def evaluate_votes(ctx: EvalContext, sizes, seed: int = 0) -> pd.DataFrame:
   for p, t in enumerate(ctx.targets):
     keep = ctx.keep(p, ctx.test_models)
     true = ctx.true[p, ctx.test_models][keep]
-    pred = _predicted(ctx, p, out).reshape(models, sizes[-1])[keep]
+    pred = t.predict(out[p]).reshape(models, sizes[-1])[keep]
     if not t.is_regression:
-      probs = _probabilities(ctx, p, out).reshape(models, sizes[-1], -1)[keep]
+      probs = t.probabilities(out[p]).reshape(models, sizes[-1], -1)[keep]
     for k in sizes:
       if t.is_regression:
-        majority = _score(t, np.median(pred[:, :k], axis=1), true)
-        mean_prob = _score(t, pred[:, :k].mean(axis=1), true)
+        majority = targets_lib.score(t, np.median(pred[:, :k], axis=1), true)
+        mean_prob = targets_lib.score(t, pred[:, :k].mean(axis=1), true)
       else:
         votes = np.apply_along_axis(np.bincount, 1, pred[:, :k], minlength=t.num_classes)
-        majority = _score(t, votes.argmax(1), true)
-        mean_prob = _score(t, probs[:, :k].mean(1).argmax(-1), true)
+        majority = targets_lib.score(t, votes.argmax(1), true)
+        mean_prob = targets_lib.score(t, probs[:, :k].mean(1).argmax(-1), true)
       rows.append(dict(property=t.name, metric=_metric(t), slices=k, majority=majority,
                        mean_prob=mean_prob, chance=ctx.chance(t),
                        n_test_models=int(keep.sum())))

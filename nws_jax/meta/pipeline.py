@@ -246,13 +246,14 @@ def write_results(results: Results, workdir: str, boundary: float,
     os.remove(path('baseline.csv'))  # from an earlier evaluation; it would no longer match
   if results.per_net is not None:
     zoo_lib.write_csv_atomic(results.per_net, path('per_net.csv'))
-    plots.plot_per_net(results.per_net, path('per_net.png'), chance=results.accuracy)
-  plots.plot_accuracy(results.accuracy, path('accuracy.png'), baseline=results.baseline)
-  plots.plot_ensemble(results.ensemble, path('ensemble.png'))
-  plots.plot_position(results.position, path('position.png'), boundary)
-  plots.plot_snapshot(results.snapshot, path('snapshot.png'), train_range)
-  plots.plot_part(results.part, path('part.png'))
-  plots.plot_history(results.history, path('history.png'))
+    plots.save(plots.plot_per_net(results.per_net, chance=results.accuracy), path('per_net.png'))
+  for name, fig in (('accuracy', plots.plot_accuracy(results.accuracy, baseline=results.baseline)),
+                    ('ensemble', plots.plot_ensemble(results.ensemble)),
+                    ('position', plots.plot_position(results.position, boundary)),
+                    ('snapshot', plots.plot_snapshot(results.snapshot, train_range)),
+                    ('part', plots.plot_part(results.part)),
+                    ('history', plots.plot_history(results.history))):
+    plots.save(fig, path(f'{name}.png'))
 
 
 def summary(results: Results) -> str:

@@ -1,9 +1,9 @@
 """The PNG figures of the evaluations: one function per CSV file of `evaluate` (and `baseline`).
 
-Every function takes the DataFrame in the layout of its CSV file, draws one figure and writes it
-as a PNG to `path` through a temporary file in the same folder (a reader never sees half a
-file). Figures are built on `matplotlib.figure.Figure` with the Agg canvas, so no pyplot state is
-touched and nothing needs a display.
+Every `plot_*` function takes the DataFrame in the layout of its CSV file and returns one
+`matplotlib.figure.Figure` (a notebook shows it inline); `save(fig, path)` writes it as a PNG
+through a temporary file in the same folder (a reader never sees half a file). Figures are built
+with the Agg canvas (`figure`), so no pyplot state is touched and nothing needs a display.
 
 Metrics: 'accuracy' is a fraction (higher is better; chance is the best constant guess). 'mae' is
 the mean absolute error in the property's own units (lower is better; chance is the MAE of always
@@ -52,7 +52,7 @@ _MAX_VALUE_LABELS = 30  # bars beyond this many are left without their value pri
 # Checks and shared helpers
 
 
-def _check(frame, columns: Sequence[str], name: str, *, metric: bool = True) -> None:
+def check(frame, columns: Sequence[str], name: str, *, metric: bool = True) -> None:
   """ValueError unless `frame` is a non-empty DataFrame with `columns` and known metrics."""
   if not isinstance(frame, pd.DataFrame):
     raise ValueError(f'{name}: expected a pandas DataFrame, got {type(frame).__name__}')
@@ -67,7 +67,7 @@ def _check(frame, columns: Sequence[str], name: str, *, metric: bool = True) -> 
       raise ValueError(f'{name}: unknown metric(s) {unknown} (expected one of {list(METRICS)})')
 
 
-def _properties(*frames: pd.DataFrame | None) -> list[str]:
+def properties(*frames: pd.DataFrame | None) -> list[str]:
   """Property names in order of first appearance over `frames`."""
   names = []
   for frame in frames:
@@ -76,7 +76,7 @@ def _properties(*frames: pd.DataFrame | None) -> list[str]:
   return list(dict.fromkeys(names))
 
 
-def _metric_of(frame: pd.DataFrame) -> dict[str, str]:
+def metric_of(frame: pd.DataFrame) -> dict[str, str]:
   """property -> metric (the first row's, per property)."""
   first = frame.drop_duplicates('property')
   return dict(zip(first['property'].astype(str), first['metric'].astype(str)))
@@ -90,14 +90,14 @@ def _ratio(value, chance):
     return np.where(chance > 0, value / np.where(chance > 0, chance, 1.0), np.nan)
 
 
-def _scaled(metric: str, value, chance):
+def scaled(metric: str, value, chance):
   """What is drawn: accuracies as they are, MAEs as value / chance."""
   if metric == 'mae':
     return _ratio(value, chance)
   return np.asarray(value, np.float64)
 
 
-def _colours(names: Sequence[str]) -> dict[str, tuple]:
+def colours(names: Sequence[str]) -> dict[str, tuple]:
   cmap = matplotlib.colormaps['tab10' if len(names) <= 10 else 'tab20']
   return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
 
@@ -111,14 +111,15 @@ def _count_text(values) -> str:
   return str(lo) if lo == hi else f'{lo}-{hi}'
 
 
-def _figure(width: float = WIDTH, height: float = HEIGHT) -> matplotlib.figure.Figure:
+def figure(width: float = WIDTH, height: float = HEIGHT) -> matplotlib.figure.Figure:
   fig = matplotlib.figure.Figure(figsize=(width, height), dpi=DPI, layout='constrained')
   backend_agg.FigureCanvasAgg(fig)
   return fig
 
 
-def _save(fig: matplotlib.figure.Figure, path) -> None:
-  """Writes `fig` as a PNG to `path` through a temporary file in the same folder, then frees it."""
+def save(fig: matplotlib.figure.Figure, path) -> None:
+  """Writes `fig` (any of this module's figures) as a PNG to `path` through a temporary file in
+  the same folder, then frees it."""
   try:
     files.write_atomic(os.fspath(path), lambda f: fig.savefig(f, format='png', dpi=DPI))
   finally:
@@ -158,7 +159,7 @@ def _draw_bars(ax, metric: str, props: Sequence[str], series, chance: dict[str, 
     raw = pd.to_numeric(pd.Series([values.get(p, np.nan) for p in props]),
                         errors='coerce').to_numpy(np.float64)
     chances = np.array([own.get(p, chance.get(p, np.nan)) for p in props], np.float64)
-    drawn = _scaled(metric, raw, chances)
+    drawn = scaled(metric, raw, chances)
     ok = np.isfinite(drawn)
     bars = ax.bar(pos[ok], drawn[ok], width * 0.92, color=colour, hatch=hatch,
                   edgecolor='black' if hatch else None, linewidth=0.5 if hatch else 0)
@@ -192,17 +193,17 @@ def _draw_bars(ax, metric: str, props: Sequence[str], series, chance: dict[str, 
 
 
 def _bar_chart(props: Sequence[str], metrics: dict[str, str], series, chance: dict[str, float],
-               title: str, path) -> None:
+               title: str) -> matplotlib.figure.Figure:
   """Grouped bars of `series` per property on an accuracy and/or an MAE-ratio panel, with the
-  chance marks, a title and one legend; saved to `path`."""
-  fig = _figure(_bar_width(len(props), len(series)), HEIGHT)
+  chance marks, a title and one legend."""
+  fig = figure(_bar_width(len(props), len(series)), HEIGHT)
   panels = _bar_panels(fig, props, metrics)
   label_values = len(props) * len(series) <= _MAX_VALUE_LABELS
   for ax, metric, ps in panels:
     _draw_bars(ax, metric, ps, series, chance, label_values=label_values)
   fig.suptitle(title, fontsize=11)
   _bar_legend(fig, series, panels)
-  _save(fig, path)
+  return fig
 
 
 def _bar_legend(fig, series, panels) -> None:
@@ -228,7 +229,8 @@ def _bar_legend(fig, series, panels) -> None:
 # Figures
 
 
-def plot_accuracy(accuracy: pd.DataFrame, path, baseline: pd.DataFrame | None = None) -> None:
+def plot_accuracy(accuracy: pd.DataFrame, baseline: pd.DataFrame | None = None
+                  ) -> matplotlib.figure.Figure:
   """Single-slice score per property (accuracy.csv), optionally beside the baseline.
 
   One bar per property for the deep meta-classifier (and, when `baseline` is given, grouped with
@@ -237,16 +239,16 @@ def plot_accuracy(accuracy: pd.DataFrame, path, baseline: pd.DataFrame | None = 
   properties (lrate) are drawn as MAE / chance on a panel of their own. The number of meta-test
   models is in the title.
   """
-  _check(accuracy, ACCURACY_COLUMNS, 'accuracy')
+  check(accuracy, ACCURACY_COLUMNS, 'accuracy')
   if baseline is not None:
-    _check(baseline, BASELINE_COLUMNS, 'baseline')
+    check(baseline, BASELINE_COLUMNS, 'baseline')
   acc = accuracy.assign(property=accuracy['property'].astype(str))
-  props = _properties(acc, baseline)
-  metrics = _metric_of(pd.concat([acc[['property', 'metric']]] + (
+  props = properties(acc, baseline)
+  metrics = metric_of(pd.concat([acc[['property', 'metric']]] + (
       [baseline[['property', 'metric']].astype(str)] if baseline is not None else [])))
   chance = dict(zip(acc['property'], acc['chance']))
-  colours = matplotlib.colormaps['tab10']
-  series = [('deep meta-classifier', colours(0), None, dict(zip(acc['property'], acc['value'])),
+  tab10 = matplotlib.colormaps['tab10']
+  series = [('deep meta-classifier', tab10(0), None, dict(zip(acc['property'], acc['value'])),
              chance)]
   if baseline is not None:
     base = baseline.assign(property=baseline['property'].astype(str))
@@ -254,16 +256,16 @@ def plot_accuracy(accuracy: pd.DataFrame, path, baseline: pd.DataFrame | None = 
       chance.setdefault(p, c)  # the chance line of a property only the baseline scored
     hatches = ['//', '..', 'xx', '\\\\', '++']
     for i, (method, rows) in enumerate(base.groupby('method', sort=False)):
-      series.append((str(method), colours(i + 1), hatches[i % len(hatches)],
+      series.append((str(method), tab10(i + 1), hatches[i % len(hatches)],
                      dict(zip(rows['property'], rows['value'])),
                      dict(zip(rows['property'], rows['chance']))))
   n = _count_text(acc['n_test_models'])
   what = 'meta-classifier vs. statistics baseline' if baseline is not None else 'meta-classifier'
-  _bar_chart(props, metrics, series, chance,
-             f'Single-slice score per property, {what} (n = {n} meta-test models)', path)
+  return _bar_chart(props, metrics, series, chance,
+                    f'Single-slice score per property, {what} (n = {n} meta-test models)')
 
 
-def plot_ensemble(ensemble: pd.DataFrame, path) -> None:
+def plot_ensemble(ensemble: pd.DataFrame) -> matplotlib.figure.Figure:
   """Single slice vs. votes over many slices per snapshot (ensemble.csv).
 
   Per property, three grouped bars: the single-slice score, the majority vote and the
@@ -271,27 +273,27 @@ def plot_ensemble(ensemble: pd.DataFrame, path) -> None:
   lrate: the median and the mean of the predictions); each property's chance level is a short
   black line across its group. 'mae' properties are drawn as MAE / chance on their own panel.
   """
-  _check(ensemble, ENSEMBLE_COLUMNS, 'ensemble')
+  check(ensemble, ENSEMBLE_COLUMNS, 'ensemble')
   ens = ensemble.assign(property=ensemble['property'].astype(str))
-  props = _properties(ens)
-  metrics = _metric_of(ens)
+  props = properties(ens)
+  metrics = metric_of(ens)
   chance = dict(zip(ens['property'], ens['chance']))
-  colours = matplotlib.colormaps['tab10']
-  series = [(label, colours(i), None, dict(zip(ens['property'], ens[column])))
+  tab10 = matplotlib.colormaps['tab10']
+  series = [(label, tab10(i), None, dict(zip(ens['property'], ens[column])))
             for i, (column, label) in enumerate((
                 ('single', 'single slice'),
                 ('majority', 'majority vote (median for MAE)'),
                 ('mean_prob', 'mean-probability vote (mean for MAE)')))]
   k = _count_text(ens['slices_per_snapshot'])
   n = _count_text(ens['n_test_models'])
-  _bar_chart(props, metrics, series, chance,
-             f'Ensembles: votes over {k} slices per snapshot (n = {n} meta-test models)', path)
+  return _bar_chart(props, metrics, series, chance,
+                    f'Ensembles: votes over {k} slices per snapshot (n = {n} meta-test models)')
 
 
 def _line_panels(fig, frame: pd.DataFrame, sharex: bool = True):
   """Stacked panels for line plots: accuracy properties, then MAE properties (present ones)."""
-  metrics = _metric_of(frame)
-  props = _properties(frame)
+  metrics = metric_of(frame)
+  props = properties(frame)
   by_metric = [(m, [p for p in props if metrics[p] == m]) for m in METRICS]
   by_metric = [(m, ps) for m, ps in by_metric if ps]
   axes = fig.subplots(len(by_metric), 1, squeeze=False, sharex=sharex,
@@ -301,23 +303,23 @@ def _line_panels(fig, frame: pd.DataFrame, sharex: bool = True):
 
 
 def _draw_lines(ax, frame: pd.DataFrame, metric: str, props: Sequence[str], x: str,
-                colours: dict, *, marker=None, filled: str | None = None) -> None:
+                palette: dict, *, marker=None, filled: str | None = None) -> None:
   """value (accuracy, or MAE / chance) against column `x`, one line per property, with each
   accuracy property's chance as a dotted line in its colour (1.0, black, on an MAE-ratio axis).
   filled: a boolean column; rows where it is False get hollow markers."""
   for p in props:
     rows = frame[frame['property'] == p].sort_values(x)
     xs = rows[x].to_numpy(np.float64)
-    ys = _scaled(metric, rows['value'], rows['chance'])
-    ax.plot(xs, ys, color=colours[p], marker=marker, markersize=4, linewidth=1.5, label=p)
+    ys = scaled(metric, rows['value'], rows['chance'])
+    ax.plot(xs, ys, color=palette[p], marker=marker, markersize=4, linewidth=1.5, label=p)
     if filled is not None and marker is not None:
       hollow = ~rows[filled].astype(bool).to_numpy()
       ax.plot(xs[hollow], ys[hollow], linestyle='none', marker=marker, markersize=4,
-              markerfacecolor='white', markeredgecolor=colours[p])
+              markerfacecolor='white', markeredgecolor=palette[p])
     if metric == 'accuracy':
       level = pd.to_numeric(rows['chance'], errors='coerce').mean()
       if np.isfinite(level):
-        ax.axhline(level, color=colours[p], linestyle=':', linewidth=1.2)
+        ax.axhline(level, color=palette[p], linestyle=':', linewidth=1.2)
   if metric == 'accuracy':
     ax.set_ylabel(ACCURACY_LABEL)
     ax.set_ylim(0, 1.02)
@@ -331,7 +333,7 @@ def _draw_lines(ax, frame: pd.DataFrame, metric: str, props: Sequence[str], x: s
   ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
-def plot_position(position: pd.DataFrame, path, boundary: float | None) -> None:
+def plot_position(position: pd.DataFrame, boundary: float | None) -> matplotlib.figure.Figure:
   """Score against where the slice is read (position.csv).
 
   One line per property of its score against the slice centre as a fraction of the weight vector
@@ -340,17 +342,17 @@ def plot_position(position: pd.DataFrame, path, boundary: float | None) -> None:
   A vertical dashed line, labelled 'conv | dense', marks `boundary` (the fraction where the
   convolutional part ends and the dense part begins) when it is not None.
   """
-  _check(position, POSITION_COLUMNS, 'position')
+  check(position, POSITION_COLUMNS, 'position')
   if boundary is not None:
     boundary = float(boundary)
     if not np.isfinite(boundary):
       boundary = None
   pos = position.assign(property=position['property'].astype(str))
-  colours = _colours(_properties(pos))
-  fig = _figure(WIDTH, HEIGHT if pos['metric'].nunique() == 1 else 6.5)
+  palette = colours(properties(pos))
+  fig = figure(WIDTH, HEIGHT if pos['metric'].nunique() == 1 else 6.5)
   panels = _line_panels(fig, pos)
   for ax, metric, ps in panels:
-    _draw_lines(ax, pos, metric, ps, 'fraction', colours)
+    _draw_lines(ax, pos, metric, ps, 'fraction', palette)
     if boundary is not None:
       ax.axvline(boundary, color='black', linestyle='--', linewidth=1)
       ax.annotate('conv | dense', (boundary, 1), xycoords=('data', 'axes fraction'),
@@ -360,10 +362,11 @@ def plot_position(position: pd.DataFrame, path, boundary: float | None) -> None:
   panels[-1][0].set_xlabel('position in the weight vector (fraction)')
   k = int(pos.groupby('property')['position'].nunique().max())
   fig.suptitle(f'Score by slice position ({k} positions per property)', fontsize=11)
-  _save(fig, path)
+  return fig
 
 
-def plot_snapshot(snapshot: pd.DataFrame, path, train_range: tuple[int, int]) -> None:
+def plot_snapshot(snapshot: pd.DataFrame, train_range: tuple[int, int]
+                  ) -> matplotlib.figure.Figure:
   """Score against the snapshot read (snapshot.csv).
 
   One line per property of its score against the snapshot number; filled markers where the
@@ -372,7 +375,7 @@ def plot_snapshot(snapshot: pd.DataFrame, path, train_range: tuple[int, int]) ->
   properties on the top panel, each with its chance level dotted in the same colour; 'mae'
   properties on a second panel as MAE / chance (1 = chance).
   """
-  _check(snapshot, SNAPSHOT_COLUMNS, 'snapshot')
+  check(snapshot, SNAPSHOT_COLUMNS, 'snapshot')
   try:
     first, last = (int(v) for v in train_range)
   except (TypeError, ValueError):
@@ -380,8 +383,8 @@ def plot_snapshot(snapshot: pd.DataFrame, path, train_range: tuple[int, int]) ->
   if first > last:
     raise ValueError(f'snapshot: train_range first {first} is after last {last}')
   snap = snapshot.assign(property=snapshot['property'].astype(str))
-  colours = _colours(_properties(snap))
-  fig = _figure(WIDTH, HEIGHT if snap['metric'].nunique() == 1 else 6.5)
+  palette = colours(properties(snap))
+  fig = figure(WIDTH, HEIGHT if snap['metric'].nunique() == 1 else 6.5)
   panels = _line_panels(fig, snap)
   for ax, metric, ps in panels:
     ax.axvspan(first - 0.5, last + 0.5, color='tab:green', alpha=0.12,
@@ -389,7 +392,7 @@ def plot_snapshot(snapshot: pd.DataFrame, path, train_range: tuple[int, int]) ->
     ax.annotate('trained on', ((first + last) / 2, 1), xycoords=('data', 'axes fraction'),
                 xytext=(0, -4), textcoords='offset points', ha='center', va='top', fontsize=8,
                 color='darkgreen')
-    _draw_lines(ax, snap, metric, ps, 'snapshot', colours, marker='o', filled='trained')
+    _draw_lines(ax, snap, metric, ps, 'snapshot', palette, marker='o', filled='trained')
   numbers = pd.to_numeric(snap['snapshot'], errors='coerce')
   lo, hi = int(min(numbers.min(), first)), int(max(numbers.max(), last))
   ax_last = panels[-1][0]
@@ -397,10 +400,10 @@ def plot_snapshot(snapshot: pd.DataFrame, path, train_range: tuple[int, int]) ->
   ax_last.set_xticks(range(lo, hi + 1, max(1, (hi - lo) // 20 + 1)))
   ax_last.set_xlabel('snapshot number')
   fig.suptitle('Score by training snapshot read (hollow markers: not trained on)', fontsize=11)
-  _save(fig, path)
+  return fig
 
 
-def plot_part(part: pd.DataFrame, path) -> None:
+def plot_part(part: pd.DataFrame) -> matplotlib.figure.Figure:
   """Score per part of the weight vector the slices were read from (part.csv).
 
   Per property, grouped bars for 'conv', 'dense' (and 'all' or other parts when present); a
@@ -408,26 +411,26 @@ def plot_part(part: pd.DataFrame, path) -> None:
   chance level is a short black line across its group; 'mae' properties are drawn as
   MAE / chance on their own panel.
   """
-  _check(part, PART_COLUMNS, 'part')
+  check(part, PART_COLUMNS, 'part')
   frame = part.assign(property=part['property'].astype(str), part=part['part'].astype(str))
-  props = _properties(frame)
-  metrics = _metric_of(frame)
+  props = properties(frame)
+  metrics = metric_of(frame)
   chance = dict(zip(frame['property'], frame['chance']))
   present = list(dict.fromkeys(frame['part']))
   parts = [p for p in ('conv', 'dense', 'all') if p in present]
   parts += [p for p in present if p not in parts]
-  colours = matplotlib.colormaps['tab10']
+  tab10 = matplotlib.colormaps['tab10']
   named = {'conv': 'conv part', 'dense': 'dense part', 'all': 'whole vector'}
   series = []
   for i, name in enumerate(parts):
     rows = frame[frame['part'] == name]
-    series.append((named.get(name, name), colours(i), None,
+    series.append((named.get(name, name), tab10(i), None,
                    dict(zip(rows['property'], pd.to_numeric(rows['value'], errors='coerce')))))
-  _bar_chart(props, metrics, series, chance,
-             'Score by part of the weight vector read (n/a: part shorter than a slice)', path)
+  return _bar_chart(props, metrics, series, chance,
+                    'Score by part of the weight vector read (n/a: part shorter than a slice)')
 
 
-def plot_per_net(per_net: pd.DataFrame, path, chance: pd.DataFrame) -> None:
+def plot_per_net(per_net: pd.DataFrame, chance: pd.DataFrame) -> matplotlib.figure.Figure:
   """Per-net scores (per_net.csv: the original's valid_avg, one score per test snapshot from a
   batch of its evenly spaced slices).
 
@@ -437,20 +440,20 @@ def plot_per_net(per_net: pd.DataFrame, path, chance: pd.DataFrame) -> None:
   black line. Accuracy properties share an accuracy axis; 'mae' properties (lrate) are drawn as
   MAE / chance on a panel of their own.
   """
-  _check(per_net, PER_NET_COLUMNS, 'per_net')
-  _check(chance, ('property', 'chance'), 'per_net chance', metric=False)
+  check(per_net, PER_NET_COLUMNS, 'per_net')
+  check(chance, ('property', 'chance'), 'per_net chance', metric=False)
   frame = per_net.assign(property=per_net['property'].astype(str))
-  props = _properties(frame)
-  metrics = _metric_of(frame)
+  props = properties(frame)
+  metrics = metric_of(frame)
   levels = dict(zip(chance['property'].astype(str),
                     pd.to_numeric(chance['chance'], errors='coerce')))
-  fig = _figure(_bar_width(len(props), 1), HEIGHT)
+  fig = figure(_bar_width(len(props), 1), HEIGHT)
   panels = _bar_panels(fig, props, metrics)
   for ax, metric, ps in panels:
     x = np.arange(len(ps), dtype=np.float64)
     data = []
     for p in ps:
-      drawn = _scaled(metric, frame.loc[frame['property'] == p, 'value'],
+      drawn = scaled(metric, frame.loc[frame['property'] == p, 'value'],
                       levels.get(p, np.nan))
       data.append(drawn[np.isfinite(drawn)])
     ax.boxplot([d if len(d) else [np.nan] for d in data], positions=x, widths=0.5,
@@ -474,11 +477,12 @@ def plot_per_net(per_net: pd.DataFrame, path, chance: pd.DataFrame) -> None:
   counts = frame.groupby('property')['value'].size()
   fig.suptitle('Per-net score: evenly spaced slices of a test snapshot as one batch '
                f'(n = {_count_text(counts)} test snapshots per property)', fontsize=11)
-  _save(fig, path)
+  return fig
 
 
-def plot_history(history: pd.DataFrame, path,
-                 regression: Sequence[str] = targets_lib.REGRESSION_PROPERTIES) -> None:
+def plot_history(history: pd.DataFrame,
+                 regression: Sequence[str] = targets_lib.REGRESSION_PROPERTIES
+                 ) -> matplotlib.figure.Figure:
   """Meta-training curves (history.csv), one line per property, against epoch.
 
   Left panel: the training loss (cross-entropy; L1 on the standardised target for regressed
@@ -487,20 +491,20 @@ def plot_history(history: pd.DataFrame, path,
   standardised units, the MAE itself on a secondary axis. When valid_score is all NaN (no
   validation models) the right panel says so.
   """
-  _check(history, HISTORY_COLUMNS, 'history', metric=False)
+  check(history, HISTORY_COLUMNS, 'history', metric=False)
   hist = history.assign(property=history['property'].astype(str),
                         epoch=pd.to_numeric(history['epoch'], errors='coerce'),
                         train_loss=pd.to_numeric(history['train_loss'], errors='coerce'),
                         valid_score=pd.to_numeric(history['valid_score'], errors='coerce'))
-  props = _properties(hist)
-  colours = _colours(props)
+  props = properties(hist)
+  palette = colours(props)
   regressed = set(regression)
-  fig = _figure(WIDTH * 1.25, HEIGHT)
+  fig = figure(WIDTH * 1.25, HEIGHT)
   ax_loss, ax_valid = fig.subplots(1, 2)
   marker = 'o' if hist['epoch'].nunique() <= 30 else None
   for p in props:
     rows = hist[hist['property'] == p].sort_values('epoch')
-    ax_loss.plot(rows['epoch'], rows['train_loss'], color=colours[p], marker=marker,
+    ax_loss.plot(rows['epoch'], rows['train_loss'], color=palette[p], marker=marker,
                  markersize=3, label=p)
   ax_loss.set_xlabel('epoch')
   ax_loss.set_ylabel('training loss (lower is better)')
@@ -520,10 +524,10 @@ def plot_history(history: pd.DataFrame, path,
         if twin is None:
           twin = ax_valid.twinx()
           twin.set_ylabel('validation MAE, standardised units (lower is better)')
-        handles += twin.plot(rows['epoch'], -rows['valid_score'], color=colours[p],
+        handles += twin.plot(rows['epoch'], -rows['valid_score'], color=palette[p],
                              linestyle='--', marker=marker, markersize=3, label=f'{p} (MAE)')
       else:
-        handles += ax_valid.plot(rows['epoch'], rows['valid_score'], color=colours[p],
+        handles += ax_valid.plot(rows['epoch'], rows['valid_score'], color=palette[p],
                                  marker=marker, markersize=3, label=p)
     if any(p not in regressed for p in props):
       ax_valid.set_ylabel(ACCURACY_LABEL)
@@ -540,4 +544,4 @@ def plot_history(history: pd.DataFrame, path,
   for ax in (ax_loss, ax_valid):
     ax.xaxis.get_major_locator().set_params(integer=True)
   fig.suptitle(f'Meta-training history ({len(props)} properties)', fontsize=11)
-  _save(fig, path)
+  return fig

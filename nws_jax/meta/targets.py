@@ -47,6 +47,21 @@ class PropertyTarget:
     """Position in PROTOCOL §1 order: seeds this property's meta-classifier, wherever it sits."""
     return space.PROPERTY_NAMES.index(self.name)
 
+  def predict(self, outputs: np.ndarray, standardised: bool = False) -> np.ndarray:
+    """Predictions [...] from this property's head outputs [..., O] (heads of a stack are padded
+    to the widest, O >= num_classes): the class index, or the regression value in the
+    property's own units (standardised=True: as the head gives it, the training target)."""
+    if self.is_regression:
+      value = outputs[..., 0]
+      return value if standardised else value * self.std + self.mean
+    return outputs[..., :self.num_classes].argmax(-1)
+
+  def probabilities(self, outputs: np.ndarray) -> np.ndarray:
+    """Class probabilities [..., num_classes] (softmax) from head outputs [..., O]."""
+    logits = outputs[..., :self.num_classes]
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
   def to_json(self) -> dict:
     return dict(name=self.name, classes=[_plain(c) for c in self.classes], mean=self.mean,
                 std=self.std)
@@ -54,6 +69,14 @@ class PropertyTarget:
   @classmethod
   def from_json(cls, d: dict) -> 'PropertyTarget':
     return cls(d['name'], tuple(d['classes']), d['mean'], d['std'])
+
+
+def score(target: PropertyTarget, predicted: np.ndarray, true: np.ndarray) -> float:
+  """Accuracy (a fraction) of class predictions, or the mean absolute error of regression
+  values (in the units they are given in)."""
+  if target.is_regression:
+    return float(np.abs(predicted - true).mean())
+  return float((predicted == true).mean())
 
 
 def _plain(value):

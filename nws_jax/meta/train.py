@@ -39,6 +39,7 @@ import optax
 import pandas as pd
 
 from nws_jax import sharding
+from nws_jax.sharding import SPLIT, WHOLE
 from nws_jax.meta import model as model_lib
 from nws_jax.meta import slices as slices_lib
 from nws_jax.meta import source as source_lib
@@ -367,11 +368,11 @@ def train_step(state: dict, batch: jax.Array, i: jax.Array, models, positions, l
 # --- the members split over devices -----------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
-def _on_members(program, mesh, in_specs: str, out_specs, donate: tuple[int, ...] = (),
+def _on_members(program, mesh, in_specs: tuple, out_specs, donate: tuple[int, ...] = (),
                 **static):
   """`program` (one of the jitted programs here, given its static arguments `static`) run by
-  every device of `mesh` on its own members: in_specs, one letter per argument, 'M' split by
-  members (leading axis) or 'R' whole on every device; out_specs likewise, per output. The
+  every device of `mesh` on its own members: in_specs, one per argument, `SPLIT` by members
+  (leading axis) or `WHOLE` on every device; out_specs likewise, per output. The
   members never communicate, so shard_map needs no collective. On one device (or mesh None),
   the program itself, as it always ran."""
   bound = functools.partial(program, **static)
@@ -416,12 +417,21 @@ def train_epoch_from_host(state: dict, epoch: int, seed_key: jax.Array, member_k
   meta-training pairs on the device, int32 [K] each. mesh: the devices the members are split
   over (`split_members`), or None (one device)."""
   plan, weights, dropout_keys = _on_members(
-      epoch_plan, mesh, 'RRMMMRRRR', ('R', 'M', 'M'), batch_size=batch_size,
+      epoch_plan, mesh,
+      # epoch, seed_key, member_keys, labels, is_regression, lo, hi, train_models, train_snaps
+      (WHOLE, WHOLE, SPLIT, SPLIT, SPLIT, WHOLE, WHOLE, WHOLE, WHOLE),
+      (WHOLE, SPLIT, SPLIT),  # plan, weights, dropout_keys
+      batch_size=batch_size,
       length=spec.slice_length, num_outputs=spec.num_outputs)(
           jnp.int32(epoch), seed_key, member_keys, data.labels, data.is_regression, data.lo,
           data.hi, train_models, train_snaps)
   host = jax.device_get(plan)
-  step = _on_members(train_step, mesh, 'MRRRRMMMMMM', ('M', 'M'), (0,), spec=spec,
+  step = _on_members(
+      train_step, mesh,
+      # state, batch, i, models, positions, labels, values, weights, is_regression, num_classes,
+      # dropout_keys
+      (SPLIT, WHOLE, WHOLE, WHOLE, WHOLE, SPLIT, SPLIT, SPLIT, SPLIT, SPLIT, SPLIT),
+      (SPLIT, SPLIT), (0,), spec=spec,
                      learning_rate=learning_rate)
   losses = []
   for i in range(host['models'].shape[0]):
@@ -487,8 +497,10 @@ def outputs_at(params, stats, spec: model_lib.ModelSpec, snapshots, models: np.n
   mesh = _members_mesh(params)
   if mesh is not None and isinstance(snapshots, source_lib.DeviceLayout):
     snapshots = sharding.put_replicated(snapshots, mesh)  # a no-op where it already is
-  from_layout = _on_members(_outputs, mesh, 'MMRRRR', 'M', spec=spec)
-  from_batch = _on_members(_outputs_of, mesh, 'MMR', 'M', spec=spec)
+  # params, stats, layout, models, snaps, offsets
+  from_layout = _on_members(_outputs, mesh, (SPLIT, SPLIT, WHOLE, WHOLE, WHOLE, WHOLE), SPLIT,
+                            spec=spec)
+  from_batch = _on_members(_outputs_of, mesh, (SPLIT, SPLIT, WHOLE), SPLIT, spec=spec)
   rows, per_call = eval_rows(n, spec), eval_rows_per_call(spec)
   models, snaps, offsets = (np.asarray(a, np.int32) for a in (models, snaps, offsets))
   chunks = []
@@ -511,13 +523,10 @@ def scores(outputs: np.ndarray, labels: np.ndarray, values: np.ndarray,
            targets: Sequence[targets_lib.PropertyTarget]) -> np.ndarray:
   """Per member [P]: accuracy (classification) or minus the mean absolute error in standardised
   units (regression): higher is better. outputs [P, N, O]; labels, values [P, N]."""
-  result = np.zeros(len(targets))
-  for p, t in enumerate(targets):
-    if t.is_regression:
-      result[p] = -np.abs(outputs[p, :, 0] - values[p]).mean()
-    else:
-      result[p] = (outputs[p, :, :t.num_classes].argmax(-1) == labels[p]).mean()
-  return result
+  return np.array([
+      -targets_lib.score(t, t.predict(outputs[p], standardised=True), values[p])
+      if t.is_regression else targets_lib.score(t, t.predict(outputs[p]), labels[p])
+      for p, t in enumerate(targets)])
 
 
 @jax.jit
@@ -563,7 +572,7 @@ def fit(config: MetaConfig, table: pd.DataFrame, snapshots,
   padded = np.minimum(np.arange(sharding.round_up(num, mesh)), num - 1)  # member of each slot
   seed_key = seed_key_for(config.seed)
   member_keys = member_keys_for(config.seed, data.codes)
-  state = _on_members(init_members, mesh, 'M', 'M', spec=spec,
+  state = _on_members(init_members, mesh, (SPLIT,), SPLIT, spec=spec,
                       learning_rate=config.learning_rate)(member_keys)
 
   valid_models, valid_snaps, valid_offsets = slices_lib.random_triples(
@@ -579,9 +588,14 @@ def fit(config: MetaConfig, table: pd.DataFrame, snapshots,
   train_models, train_snaps = (jnp.asarray(a) for a in data.train_pairs)
   if mesh.size > 1:
     train_models, train_snaps = sharding.put_replicated((train_models, train_snaps), mesh)
-  epoch_program = _on_members(train_epoch, mesh, 'MRRMRRRMMMMRR', ('M', 'M'), (0,), spec=spec,
-                              learning_rate=config.learning_rate, batch_size=config.batch_size)
-  keep_best = _on_members(_keep_best, mesh, 'MM', 'M')
+  epoch_program = _on_members(
+      train_epoch, mesh,
+      # state, epoch, seed_key, member_keys, layout, lo, hi, labels, values, is_regression,
+      # num_classes, train_models, train_snaps
+      (SPLIT, WHOLE, WHOLE, SPLIT, WHOLE, WHOLE, WHOLE, SPLIT, SPLIT, SPLIT, SPLIT, WHOLE, WHOLE),
+      (SPLIT, SPLIT), (0,), spec=spec, learning_rate=config.learning_rate,
+      batch_size=config.batch_size)
+  keep_best = _on_members(_keep_best, mesh, (SPLIT, SPLIT), SPLIT)
   rows = []
   epochs = range(config.epochs)
   bar = None

@@ -21,23 +21,23 @@ _COLUMNS = 4
 _PANEL_WIDTH, _PANEL_HEIGHT = 3.0, 2.4
 
 
-def plot_sweep(frame: pd.DataFrame, path, *, x: str, series: str, title: str, xlabel: str,
+def plot_sweep(frame: pd.DataFrame, *, x: str, series: str, title: str, xlabel: str,
                log_x: bool = False, shade: tuple[float, float] | None = None,
-               series_labels: dict | None = None) -> None:
+               series_labels: dict | None = None) -> matplotlib.figure.Figure:
   """frame: columns property, metric, value, chance, `x` and `series`; one row per point.
 
   shade: an x interval to shade (e.g. the boundary of the conv part); series_labels: legend
   text per series value."""
-  plots._check(frame, ('property', 'metric', 'value', 'chance', x, series), title)
+  plots.check(frame, ('property', 'metric', 'value', 'chance', x, series), title)
   frame = frame.assign(property=frame['property'].astype(str))
-  props = plots._properties(frame)
-  metrics = plots._metric_of(frame)
+  props = plots.properties(frame)
+  metrics = plots.metric_of(frame)
   names = list(dict.fromkeys(frame[series]))
   cmap = matplotlib.colormaps['tab10']
   colours = {name: cmap(i % cmap.N) for i, name in enumerate(names)}
   cols = min(_COLUMNS, len(props))
   rows = math.ceil(len(props) / cols)
-  fig = plots._figure(_PANEL_WIDTH * cols + 1.8, _PANEL_HEIGHT * rows + 0.6)
+  fig = plots.figure(_PANEL_WIDTH * cols + 1.8, _PANEL_HEIGHT * rows + 0.6)
   axes = fig.subplots(rows, cols, squeeze=False, sharex=True)
   for ax in axes.flat[len(props):]:
     ax.set_visible(False)
@@ -48,7 +48,7 @@ def plot_sweep(frame: pd.DataFrame, path, *, x: str, series: str, title: str, xl
       line = rows_p[rows_p[series] == name].sort_values(x)
       if line.empty:
         continue
-      ys = plots._scaled(metric, line['value'], line['chance'])
+      ys = plots.scaled(metric, line['value'], line['chance'])
       label = (series_labels or {}).get(name, str(name))
       ax.plot(line[x].to_numpy(np.float64), ys, marker='o', markersize=3, linewidth=1.4,
               color=colours[name], label=label)
@@ -77,5 +77,5 @@ def plot_sweep(frame: pd.DataFrame, path, *, x: str, series: str, title: str, xl
                                          label='chance (lrate: 1 = predicting the mean)'))
   fig.legend(handles=handles, loc='outside right upper', fontsize=8)
   fig.suptitle(title, fontsize=11)
-  plots._save(fig, path)
+  return fig
 

@@ -187,7 +187,7 @@ def accuracy_by_property(table: pd.DataFrame) -> matplotlib.figure.Figure:
     raise ValueError('no property varies in this zoo: nothing to compare')
   cols = min(_COLUMNS, len(props))
   rows = math.ceil(len(props) / cols)
-  fig = plots._figure(_PANEL_WIDTH * cols, _PANEL_HEIGHT * rows + 0.5)
+  fig = plots.figure(_PANEL_WIDTH * cols, _PANEL_HEIGHT * rows + 0.5)
   axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
   for ax in axes.flat[len(props):]:
     ax.set_visible(False)
@@ -228,8 +228,8 @@ def training_curves(curves: pd.DataFrame, table: pd.DataFrame,
   ids = table['model_id'] if 'model_id' in table else pd.Series(np.arange(len(table)))
   labels = pd.Series(property_labels(table, prop).to_numpy(), index=ids.to_numpy())
   names = _ordered(labels, table, prop)
-  colours = plots._colours(names)
-  fig = plots._figure(plots.WIDTH, plots.HEIGHT)
+  colours = plots.colours(names)
+  fig = plots.figure(plots.WIDTH, plots.HEIGHT)
   ax = fig.subplots()
   frame = curves.assign(label=curves['model_id'].map(labels)).dropna(subset=['label'])
   for _, rows in frame.groupby('model_id', sort=True):
@@ -300,7 +300,7 @@ def _draw_projection(fig, ax, coords: np.ndarray, fraction: np.ndarray, table: p
   else:
     labels = property_labels(table, prop).to_numpy()
     names = _ordered(pd.Series(labels), table, prop)
-    colours = plots._colours(names)
+    colours = plots.colours(names)
     for name in names:
       mine = labels == name
       ax.scatter(coords[mine, 0], coords[mine, 1], s=18, color=colours[name], label=name)
@@ -326,7 +326,7 @@ def projection_grid(zoo: zoo_lib.Zoo, props, snapshot: int = -1) -> matplotlib.f
                      + ', '.join(space.PROPERTY_NAMES))
   feats, what = weight_features(zoo, snapshot)
   coords, fraction = pca_2d(feats)
-  fig = plots._figure(3.9 * len(props) + 0.4, 3.6)
+  fig = plots.figure(3.9 * len(props) + 0.4, 3.6)
   for ax, prop in zip(fig.subplots(1, len(props), squeeze=False)[0], props):
     _draw_projection(fig, ax, coords, fraction, zoo.table, prop)
     ax.set_title(f'coloured by {prop}', fontsize=9)
@@ -387,20 +387,21 @@ def meta_figure(kind: str, results, path: str, zoo: str | None = None):
   from nws_jax.meta import store
   if kind not in META_KINDS:
     raise ValueError(f'unknown figure {kind!r}; choose from: ' + ', '.join(META_KINDS))
+  if kind == 'accuracy':
+    fig = plots.plot_accuracy(results.accuracy, baseline=results.baseline)
+  elif kind == 'ensemble':
+    fig = plots.plot_ensemble(results.ensemble)
+  elif kind == 'position':
+    _, source = store.read_config(path)
+    fig = plots.plot_position(results.position, _boundary(source, zoo))
+  elif kind == 'snapshot':
+    config, _ = store.read_config(path)
+    fig = plots.plot_snapshot(results.snapshot, (config.first_snapshot, config.last_snapshot))
+  elif kind == 'part':
+    fig = plots.plot_part(results.part)
+  else:
+    fig = plots.plot_history(results.history)
   with tempfile.TemporaryDirectory(prefix='nws_meta_figure_') as folder:
     png = os.path.join(folder, f'{kind}.png')
-    if kind == 'accuracy':
-      plots.plot_accuracy(results.accuracy, png, baseline=results.baseline)
-    elif kind == 'ensemble':
-      plots.plot_ensemble(results.ensemble, png)
-    elif kind == 'position':
-      _, source = store.read_config(path)
-      plots.plot_position(results.position, png, _boundary(source, zoo))
-    elif kind == 'snapshot':
-      config, _ = store.read_config(path)
-      plots.plot_snapshot(results.snapshot, png, (config.first_snapshot, config.last_snapshot))
-    elif kind == 'part':
-      plots.plot_part(results.part, png)
-    else:
-      plots.plot_history(results.history, png)
+    plots.save(fig, png)
     return display.Image(filename=png)  # reads the file now

@@ -87,8 +87,8 @@ def property_table(study: runner.Study, kinds: Sequence[str]) -> Sections:
     scores = _scores(result)
     frames.append(scores.assign(zoo=kind))
     png = f'table_{kind}.png'
-    plots.plot_accuracy(result.results.accuracy, study.path(png),
-                        baseline=result.results.baseline)
+    plots.save(plots.plot_accuracy(result.results.accuracy, baseline=result.results.baseline),
+               study.path(png))
     sections.append((f'The {kind}-architecture zoo',
                      zoo_overview(result.zoo) + '\n\n' + report.markdown_table(scores)
                      + '\n\n' + _figure(png)))
@@ -119,9 +119,10 @@ def when(study: runner.Study, kind: str,
   study.write_csv(curve, 'when.csv')
   own_frame = pd.concat(own, ignore_index=True)
   study.write_csv(own_frame, 'when_trained.csv')
-  figures.plot_sweep(curve, study.path('when.png'), x='snapshot', series='trained_on',
-                     title='Score by snapshot read, per snapshot range trained on',
-                     xlabel='snapshot number (1 = initialisation)')
+  plots.save(figures.plot_sweep(curve, x='snapshot', series='trained_on',
+                                title='Score by snapshot read, per snapshot range trained on',
+                                xlabel='snapshot number (1 = initialisation)'),
+             study.path('when.png'))
   table = report.markdown_table(_wide(own_frame, 'trained_on', 'meta'))
   return [('Score on the snapshots trained on', zoo_overview(study.zoo(kind)) + '\n\n' + table),
           ('Score by snapshot number', _figure('when.png'))]
@@ -153,7 +154,8 @@ def where(study: runner.Study, kind: str, parts: Sequence[str]) -> Sections:
       rows.append(read[['property', 'metric', 'trained_on', 'read_from', 'value', 'chance']])
       position = result.results.position
       study.write_csv(position, 'where_position.csv')
-      plots.plot_position(position, study.path('where_position.png'), _boundary(result.zoo))
+      plots.save(plots.plot_position(position, _boundary(result.zoo)),
+                 study.path('where_position.png'))
       sections.append(('Score by slice position (trained on the whole vector)',
                        _figure('where_position.png')))
   if not rows:
@@ -161,8 +163,8 @@ def where(study: runner.Study, kind: str, parts: Sequence[str]) -> Sections:
   frame = pd.concat(rows, ignore_index=True)
   study.write_csv(frame, 'where_parts.csv')
   shown = frame.assign(part='trained ' + frame['trained_on'] + ', read ' + frame['read_from'])
-  plots.plot_part(shown[['property', 'metric', 'part', 'value', 'chance']],
-                  study.path('where_parts.png'))
+  plots.save(plots.plot_part(shown[['property', 'metric', 'part', 'value', 'chance']]),
+             study.path('where_parts.png'))
   text = (report.markdown_table(_wide(shown, 'part', 'value')) + '\n\n'
           + _figure('where_parts.png'))
   if notes:
@@ -193,8 +195,10 @@ def slice_length(study: runner.Study, kind: str, lengths: Sequence[int]) -> Sect
   study.write_csv(frame, 'slice_length.csv')
   long = pd.concat([frame.assign(value=frame['meta'], kind='single slice'),
                     frame.assign(value=frame['meta_vote'], kind='vote of the slices')])
-  figures.plot_sweep(long, study.path('slice_length.png'), x='slice_length', series='kind',
-                     title='Score by slice length', xlabel='weights per slice', log_x=True)
+  plots.save(figures.plot_sweep(long, x='slice_length', series='kind',
+                                title='Score by slice length', xlabel='weights per slice',
+                                log_x=True),
+             study.path('slice_length.png'))
   pivot = _wide(frame, 'slice_length', 'meta')
   text = (zoo_overview(zoo) + f' (whole vector: {whole} weights)\n\nSingle-slice score per '
           'slice length (columns: weights per slice):\n\n' + report.markdown_table(pivot)
@@ -212,9 +216,10 @@ def ensembles(study: runner.Study, kind: str, sizes: Sequence[int]) -> Sections:
   study.write_csv(votes, 'ensembles.csv')
   long = pd.concat([votes.assign(value=votes['majority'], kind='majority vote'),
                     votes.assign(value=votes['mean_prob'], kind='mean probabilities')])
-  figures.plot_sweep(long, study.path('ensembles.png'), x='slices', series='kind',
-                     title='Per-model score of a vote over k slices',
-                     xlabel='slices per model (k)', log_x=True)
+  plots.save(figures.plot_sweep(long, x='slices', series='kind',
+                                title='Per-model score of a vote over k slices',
+                                xlabel='slices per model (k)', log_x=True),
+             study.path('ensembles.png'))
   pivot = _wide(votes, 'slices', 'mean_prob')
   return [('Per-model score of a vote over k slices',
            zoo_overview(result.zoo) + f'\n\n{_count(votes["n_test_models"])} test models (a '

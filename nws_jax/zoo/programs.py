@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from nws_jax import input_pipeline
 from nws_jax import packing as packing_lib
 from nws_jax import sharding
+from nws_jax.sharding import SPLIT, WHOLE
 from nws_jax.zoo import step
 
 
@@ -54,14 +55,15 @@ def train_program(arch, batch_size, num_steps, conv_impl, augment_config, models
     return jax.lax.map(lambda a: step_fn(*a, start_step, data),
                        (state, hyper, order, active, epoch), batch_size=models_per_chunk)
 
-  return sharding.compile_per_device(program, mesh, 'MMMMMRR', 'M', donate=(0,))
+  return sharding.compile_per_device(program, mesh, (SPLIT,) * 5 + (WHOLE,) * 2, SPLIT,
+                                     donate=(0,))
 
 
 def init_program(arch, num_groups, mesh):
   """[hyper of each of `num_groups` groups] -> [fresh state of each] (`step.init_model`)."""
   init_group = jax.vmap(functools.partial(step.init_model, arch=arch))
   init = sharding.compile_per_device(lambda *hypers: [init_group(h) for h in hypers], mesh,
-                                     'M' * num_groups, 'M')
+                                     (SPLIT,) * num_groups, SPLIT)
   return lambda hypers: init(*hypers)
 
 
@@ -70,7 +72,7 @@ def refill_program(arch, mesh):
   initial state."""
   init_group = jax.vmap(functools.partial(step.init_model, arch=arch))
   return sharding.compile_per_device(lambda state, hyper, fresh: _where_rows(
-      fresh, init_group(hyper), state), mesh, 'MMM', 'M', donate=(0,))
+      fresh, init_group(hyper), state), mesh, (SPLIT,) * 3, SPLIT, donate=(0,))
 
 
 def take_program(mesh):
@@ -95,7 +97,7 @@ def eval_program(arch, batch_size, conv_impl, models_per_chunk, mesh):
     return jax.lax.map(one, (_concat_trees(states), _concat_trees(hypers)),
                        batch_size=models_per_chunk)
 
-  return sharding.compile_per_device(eval_all, mesh, 'MMR', 'M')
+  return sharding.compile_per_device(eval_all, mesh, (SPLIT, SPLIT, WHOLE), SPLIT)
 
 
 def graph_eval_program(arch, batch_size, conv_impl, augment_config, masked, models_per_chunk,
@@ -111,7 +113,7 @@ def graph_eval_program(arch, batch_size, conv_impl, augment_config, masked, mode
                                batch_size=models_per_chunk)
     return results, state._replace(stats=_where_rows(update, new.stats, state.stats))
 
-  return sharding.compile_per_device(program, mesh, 'MMMMR', ('M', 'M'))
+  return sharding.compile_per_device(program, mesh, (SPLIT,) * 4 + (WHOLE,), (SPLIT, SPLIT))
 
 
 def flatten_program(arch, mesh):
@@ -122,14 +124,14 @@ def flatten_program(arch, mesh):
     return jax.vmap(lambda s, h: packing_lib.flatten(s.params, s.stats, h.layout, arch))(
         _concat_trees(states), _concat_trees(hypers))
 
-  return sharding.compile_per_device(flatten_all, mesh, 'MM', 'M')
+  return sharding.compile_per_device(flatten_all, mesh, (SPLIT, SPLIT), SPLIT)
 
 
 def order_program(mesh):
   """(hyper, epoch [slots], data) -> each slot's epoch order int32 [slots, N]
   (`step.epoch_order`)."""
   return sharding.compile_per_device(jax.vmap(step.epoch_order, in_axes=(0, 0, None)), mesh,
-                                     'MMR', 'M')
+                                     (SPLIT, SPLIT, WHOLE), SPLIT)
 
 
 class ProgramCache:

@@ -1,23 +1,20 @@
 """The vectorised zoo trainer: every model of a zoo advances in lockstep in compiled programs.
 
 The single-model functions (`step.init_model`, `step.train_steps`, `step.evaluate_model`) are
-written for one model and lifted with `jax.vmap` over a leading models axis. Every per-model choice that keeps
-shapes equal (dataset, learning rate, optimizer, activation, initialisation, augmentation, RNG)
-is data on that axis. Architectures are packed (`packing`): under the default 'depth' packing
-the models of one layer structure (conv and dense depth) run at the largest filter size and
-widths among them, masked, so a random-architecture zoo has at most 9 padded architectures;
-'conv' pads only dense widths and 'exact' gives each architecture its own. A padded
-architecture and a batch size make a group, one compiled training program, `lax.scan` over
-`steps_per_call` steps, called a few times per epoch by a thin host loop. A group trains
-`slots_per_group` models at a time and a model that stops hands its slot to the next of the
-group's queue (`ZooTrainer.refill`); which model is in which slot is a `schedule.Schedule`
-value, and the wave's compiled programs are a `programs.WavePrograms` bundle. Initialisation and snapshot export run once per padded
-architecture over all of its groups; evaluation too under bn_eval='moving', once per group under
-'original' (whose passes are in the group's batch size).
-
-A model's randomness derives from (seed, model_id) alone, and a model that needs fewer steps
-than its group's longest in an epoch, or has stopped, is masked (its state is left exactly as
-it was), so a model trains identically alone or inside any zoo.
+written for one model and lifted with `jax.vmap` over a leading models axis. Every per-model
+choice that keeps shapes equal (dataset, learning rate, optimizer, activation, initialisation,
+augmentation, RNG) is data on that axis. Architectures are packed (`packing`): under the
+default 'depth' packing the models of one layer structure (conv and dense depth) run at the
+largest filter size and widths among them, masked, so a random-architecture zoo has at most 9
+padded architectures; 'conv' pads only dense widths and 'exact' gives each architecture its
+own. A padded architecture and a batch size make a group, one compiled training program,
+`lax.scan` over `steps_per_call` steps, called a few times per epoch by the host loop
+(`loop.train`). A group trains `slots_per_group` models at a time and a model that stops hands
+its slot to the next of the group's queue (`ZooTrainer.refill`); which model is in which slot
+is a `schedule.Schedule` value, and a wave's compiled programs are a `programs.WavePrograms`
+bundle. Initialisation and snapshot export run once per padded architecture over all of its
+groups; evaluation too under bn_eval='moving', once per group under 'original' (whose passes
+are in the group's batch size).
 """
 
 from __future__ import annotations
