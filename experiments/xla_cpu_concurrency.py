@@ -47,7 +47,8 @@ def main(argv):
   del argv
   import jax
   import numpy as np
-  from nws_jax import sharding, space, zoo_builder
+  from nws_jax import sharding, space
+  from nws_jax.zoo import builder as zoo_builder
   if len(jax.devices()) != FLAGS.devices:
     raise app.UsageError(f'expected {FLAGS.devices} host devices, JAX has {len(jax.devices())}')
   config = zoo_builder.ZooConfig(num_models=max(6, FLAGS.model + 1), seed=FLAGS.seed,

@@ -23,6 +23,8 @@ import jax.scipy.special
 import jax.numpy as jnp
 import numpy as np
 
+from nws_jax.configs import zoo as zoo_config
+
 Params = dict[str, dict[str, jax.Array]]
 Stats = dict[str, dict[str, jax.Array]]
 
@@ -33,7 +35,7 @@ BN_DECAY = 0.9
 BN_EPSILON = 1e-5
 BN_GAMMA_STD = 0.002
 DROPOUT_KEEP = 0.5
-CONV_IMPLS = ('im2col', 'lax')
+CONV_IMPLS = zoo_config.CONV_IMPLS
 # Full float32 matmuls and convolutions on every backend. XLA's default on recent GPUs is TF32
 # (a 10-bit mantissa), which made the same model differ between a zoo and a single run by ~1e-2
 # in its probabilities on an H200; the study's TensorFlow 1 nets trained in float32.

@@ -6,7 +6,7 @@ Each kept model becomes out/nets/<prefix>_<model_id:06d>/ (weights/001.bin … 0
 little-endian float64, meta.csv, error.bin, stat.bin; PROTOCOL §4) and a row of out/train.csv or
 out/test.csv (split by model, seeded). Models that failed to train are left out, as the release
 left them out, unless --include_failed. stat.bin's seconds is the whole zoo's wall time (its nets
-trained together). See nws_jax/release_convert.py for every field.
+trained together). See nws_jax/release/convert.py for every field.
 Exit code 2, with one line on stderr, for bad flags, a zoo that cannot be read (missing, damaged
 or truncated files) or predates steps_per_epoch, a split that leaves a side empty, an --out
 inside the zoo, or one that is not empty (unless --overwrite; never a zoo, a meta-classifier run,
@@ -21,6 +21,7 @@ from absl import app
 from absl import flags
 
 from nws_jax import cli
+from nws_jax import files
 from nws_jax import workdir_lock
 
 FLAGS = flags.FLAGS
@@ -41,7 +42,7 @@ _fail = functools.partial(cli.fail, 'export_nws')
 def main(argv):
   cli.begin('export_nws', argv, required=('zoo', 'out'))
   # Imported here so that --help and flag errors stay fast.
-  from nws_jax import release_convert
+  from nws_jax.release import convert as release_convert
   from nws_jax import zoo as zoo_lib
 
   try:
@@ -50,7 +51,7 @@ def main(argv):
         include_failed=FLAGS.include_failed, prefix=FLAGS.prefix, overwrite=FLAGS.overwrite,
         progress=FLAGS.progress)
   except (ValueError, OSError, zoo_lib.ZooError, workdir_lock.LockedError) as e:
-    _fail(' '.join(str(zoo_lib.no_space_error(e, FLAGS.out) or e).split()))
+    _fail(' '.join(str(files.no_space_error(e, FLAGS.out) or e).split()))
   print(f'{summary["nets"]} nets ({summary["train"]} in train.csv, {summary["test"]} in test.csv'
         f', {summary["left_out_failed"]} failed left out), {summary["bytes"] / 2**20:.1f} MiB in '
         f'{summary["out"]}')

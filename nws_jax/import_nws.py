@@ -9,7 +9,7 @@ curves.csv and config.json. Weights are rounded from the release's float64 to fl
 zoos store them (a zoo written by export_nws comes back bit-identical). A damaged net (missing or
 wrong-size files, non-finite weights) fails the import, naming it, or with --on_damaged=skip is
 left out and listed in config.json; --scan_nans reads every net once more up front to find
-non-finite weights before anything is written. See nws_jax/release_convert.py.
+non-finite weights before anything is written. See nws_jax/release/convert.py.
 Exit code 2, with one line on stderr, for bad flags, an unreadable CSV (or values outside
 PROTOCOL §1, an unknown dataset), a damaged net (unless skipped), an --out inside the inputs
 (the release folder of the CSVs too), or one that is not empty (unless --overwrite; never a
@@ -24,6 +24,7 @@ from absl import app
 from absl import flags
 
 from nws_jax import cli
+from nws_jax import files
 from nws_jax import workdir_lock
 
 FLAGS = flags.FLAGS
@@ -45,7 +46,7 @@ _fail = functools.partial(cli.fail, 'import_nws')
 def main(argv):
   cli.begin('import_nws', argv, required=('csv', 'out'))
   # Imported here so that --help and flag errors stay fast.
-  from nws_jax import release_convert
+  from nws_jax.release import convert as release_convert
   from nws_jax import zoo as zoo_lib
 
   try:
@@ -53,7 +54,7 @@ def main(argv):
         FLAGS.csv, FLAGS.out, on_damaged=FLAGS.on_damaged, scan_nans=FLAGS.scan_nans,
         chunk_mb=FLAGS.chunk_mb, overwrite=FLAGS.overwrite, progress=FLAGS.progress)
   except (ValueError, OSError, zoo_lib.ZooError, workdir_lock.LockedError) as e:
-    _fail(' '.join(str(zoo_lib.no_space_error(e, FLAGS.out) or e).split()))
+    _fail(' '.join(str(files.no_space_error(e, FLAGS.out) or e).split()))
   print(f'{summary["models"]} nets imported ({summary["damaged"]} damaged left out), '
         f'{summary["bytes"] / 2**20:.1f} MiB of float32 snapshots in {summary["chunks"]} chunks '
         f'in {summary["out"]}')

@@ -32,11 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from nws_jax import cnn
+from nws_jax.configs import zoo as zoo_config
 
 # What models share a bucket: 'depth' pads filter size, conv width and dense width (one bucket
 # per conv and dense depth); 'conv' pads the dense width only (every conv part exact); 'exact'
 # pads nothing. BENCHMARKS.md measures programs, waste and wall time of each.
-PACKINGS = ('depth', 'conv', 'exact')
+PACKINGS = zoo_config.PACKINGS
 
 
 class ModelLayout(NamedTuple):

@@ -34,6 +34,7 @@ from absl import app
 from absl import flags
 
 from nws_jax import cli
+from nws_jax import files
 from nws_jax import workdir_lock
 
 FLAGS = flags.FLAGS
@@ -141,7 +142,7 @@ def main(argv):
                                               overwrite=FLAGS.overwrite, progress=FLAGS.progress)
   except (ValueError, OSError, zoo_lib.ZooError, store.MetaWorkdirError,
           workdir_lock.LockedError) as e:
-    _fail(zoo_lib.no_space_error(e, FLAGS.workdir) or e)  # a full disk: what was written
+    _fail(files.no_space_error(e, FLAGS.workdir) or e)  # a full disk: what was written
   print(pipeline.summary(results))
   failed = store.read_failed(FLAGS.workdir)  # None for a run saved before it was recorded
   if failed is not None:

@@ -13,6 +13,7 @@ cannot be read.
 """
 
 import contextlib
+import dataclasses
 import signal
 import sys
 
@@ -21,61 +22,19 @@ from absl import flags
 from absl import logging
 
 from nws_jax import cli
-from nws_jax import datasets as datasets_lib
+from nws_jax import configs
+from nws_jax.configs import presets
+from nws_jax.configs.zoo import ZooConfig
 
 FLAGS = flags.FLAGS
-_DEFAULTS_NOTE = 'default: the offline datasets ' + ','.join(datasets_lib.OFFLINE_NAMES)
 
 flags.DEFINE_string('workdir', None, 'Directory of the zoo (created; must be empty).')
-flags.DEFINE_integer('num_models', 8, 'Number of models in the zoo.')
-flags.DEFINE_integer('seed', 0, 'Seed of the zoo: configurations, initialisation, data order.')
-flags.DEFINE_list('datasets', list(datasets_lib.OFFLINE_NAMES),
-                  'Datasets to draw from, comma-separated, among: '
-                  + ','.join(datasets_lib.ALL_NAMES) + f' ({_DEFAULTS_NOTE}).')
-flags.DEFINE_enum('architecture', 'fixed', ['fixed', 'random'],
-                  "'fixed': nws_fixed's architecture for every model; 'random': nws_main, the "
-                  'five architecture properties drawn per model too.')
-flags.DEFINE_enum('packing', 'depth', ['depth', 'conv', 'exact'],
-                  'How models of different architectures share compiled programs (the same '
-                  "models whichever): 'depth' pads those of one conv and dense depth to their "
-                  "largest filter size and widths (fewest programs); 'conv' pads the dense width "
-                  "only (little padding); 'exact' compiles one program per architecture. "
-                  'BENCHMARKS.md compares them.')
-flags.DEFINE_integer('slots_per_group', None, 'Models of a training program trained at once; '
-                     'the others queue and each takes the slot of a model that stopped '
-                     '(default: all at once).')
-flags.DEFINE_bool('compact', False, 'Once a training program\'s queue is empty and at most half '
-                  'of its slots are busy, move its models into a program of fewer slots (one '
-                  'more compile per size; worth it for long runs).')
-flags.DEFINE_integer('max_programs', None, 'Training programs alive at once: groups run in '
-                     'waves of this many, each wave\'s programs released before the next '
-                     '(default: 16 on a CPU, whose compiled programs use up memory maps; all '
-                     'elsewhere).')
-flags.DEFINE_integer('max_epochs', 8, 'Epoch cap (the study: 1000).')
-flags.DEFINE_integer('min_epochs', 4, 'No early stopping before this many exports (original '
-                     'reading: the initialisation is export 1) or epochs (protocol reading); '
-                     'the study: 20.')
-flags.DEFINE_enum('bn_eval', 'original', ['original', 'moving'],
-                  "How accuracies are measured: 'original' as the code that made the release "
-                  '(batch statistics, no dropout, augmented inputs for augmented nets, each pass '
-                  "updating the moving averages that the exports hold); 'moving': moving "
-                  'averages on clean images.')
-flags.DEFINE_enum('early_stopping', 'original', ['original', 'protocol'],
-                  "Reading of the stopping rules: 'original' as the release's code (the "
-                  'initialisation compared too, an unchanged epoch does not reset the fall '
-                  "count, judged from export --min_epochs); 'protocol': PROTOCOL §3's words.")
-flags.DEFINE_integer('num_train', 3000,
-                     'Training examples per dataset before the 90/10 validation split, at most '
-                     'what the dataset has; 0 means all (the study).')
-flags.DEFINE_integer('num_test', None, 'Test examples per dataset (default: all).')
-flags.DEFINE_integer('eval_size', 300,
-                     'Cap on the examples of each evaluation set (validation, test, training '
-                     'accuracy) per epoch; 0 means no cap.')
-flags.DEFINE_integer('num_snapshots', 20, 'Snapshots kept per model (the study: 20).')
-flags.DEFINE_enum('conv_impl', 'auto', ['auto', 'im2col', 'lax'],
-                  'Convolution formulation; auto picks the measured best for the backend.')
-flags.DEFINE_integer('steps_per_call', 64, 'Training steps per compiled call.')
-flags.DEFINE_string('data_dir', None, 'TFDS data directory of prepared datasets.')
+flags.DEFINE_enum('preset', None, list(presets.ZOO), 'Start from a named configuration '
+                  '(configs/presets.py: the README\'s main job, the studies\' tiny and paper '
+                  'scales, the notebooks\' zoo); zoo flags given on the command line override '
+                  'its knobs.')
+# One flag per knob of the zoo's configuration, with its help (configs/zoo.py).
+configs.define_flags(ZooConfig)
 flags.DEFINE_bool('resume', False, 'Continue the zoo in --workdir from its last checkpoint, with '
                   'the flags it was started with (other zoo flags must be left out or equal).')
 flags.DEFINE_integer('checkpoint_every', 1, 'Epochs (rounds) between checkpoints of the whole '
@@ -115,32 +74,31 @@ def summary(zoo) -> str:
   return '\n'.join(lines)
 
 
-# Flags that say what zoo is built (ZooConfig's fields), and how each becomes a field value.
-_ZOO_FLAGS = {
-    'num_models': None, 'seed': None, 'datasets': tuple, 'architecture': None,
-    'max_epochs': None, 'min_epochs': None, 'num_train': lambda v: v or None,
-    'num_test': None, 'eval_size': lambda v: v or None, 'num_snapshots': None,
-    'conv_impl': None, 'steps_per_call': None, 'data_dir': None, 'packing': None,
-    'slots_per_group': None, 'compact': None, 'max_programs': None, 'bn_eval': None,
-    'early_stopping': None}
+def _config_from_flags() -> ZooConfig:
+  """The zoo the flags ask for: --preset's (or the defaults), with the zoo flags given."""
+  given = configs.from_flags(ZooConfig)
+  if FLAGS.preset is None:
+    return given
+  return dataclasses.replace(presets.ZOO[FLAGS.preset], **{
+      name: getattr(given, name) for name in configs.given(ZooConfig)})
 
 
-def _config_from_flags():
-  from nws_jax import zoo_builder
-  return zoo_builder.ZooConfig(**{name: (convert or (lambda v: v))(FLAGS[name].value)
-                                  for name, convert in _ZOO_FLAGS.items()})
-
-
-def _config_to_resume():
-  """The workdir's saved config; a zoo flag given on the command line must agree with it."""
-  from nws_jax import zoo_builder
+def _config_to_resume() -> ZooConfig:
+  """The workdir's saved config; a zoo flag given on the command line (or a knob --preset sets)
+  must agree with it."""
+  from nws_jax.zoo import builder as zoo_builder
   saved = zoo_builder.load_config(zoo_builder.resume_folder(FLAGS.workdir))
-  given = _config_from_flags()
-  for name in _ZOO_FLAGS:
-    if FLAGS[name].present and getattr(given, name) != getattr(saved, name):
+  asked = _config_from_flags()
+  for name in configs.changed(saved, asked, configs.given(ZooConfig)):
+    raise zoo_builder.WorkdirError(
+        f'cannot resume {FLAGS.workdir} with --{name}={FLAGS[name].value}: it was started with '
+        f'{name}={getattr(saved, name)} (leave the flag out)')
+  if FLAGS.preset is not None:
+    for name in configs.changed(saved, asked, [f.name for f in configs.knobs(ZooConfig)]):
       raise zoo_builder.WorkdirError(
-          f'cannot resume {FLAGS.workdir} with --{name}={FLAGS[name].value}: it was started with '
-          f'{name}={getattr(saved, name)} (leave the flag out)')
+          f'cannot resume {FLAGS.workdir} with --preset={FLAGS.preset}: it sets '
+          f'{name}={getattr(asked, name)}, and the zoo was started with '
+          f'{name}={getattr(saved, name)} (leave --preset out)')
   return saved
 
 
@@ -149,7 +107,7 @@ def main(argv):
   # Imported here so that --help and flag errors stay fast.
   from nws_jax import distributed
   from nws_jax import workdir_lock
-  from nws_jax import zoo_builder
+  from nws_jax.zoo import builder as zoo_builder
 
   def fail(message):
     print(f'train_zoo: error: {cli.one_line(message)}', file=sys.stderr)

@@ -5,7 +5,7 @@
 
 The lock is an `flock` on a hidden sibling file, `<parent>/.<name>.lock`, never inside the folder:
 the folder may not exist yet, and a writer may replace it whole by renaming a finished folder into
-its place (zoo.OutputFolder). While one process holds it, a second `hold` of the same folder
+its place (files.OutputFolder). While one process holds it, a second `hold` of the same folder
 raises LockedError at once, naming the holder (pid, host, command, since when, read from the lock
 file); the second writer has then checked and written nothing. The lock file is removed when the
 holder leaves the `with` block, normally or by an exception; one left by a killed process is not

@@ -17,13 +17,13 @@ def file_state(directory):
 
 def occupied_folder(path, name='keep.txt', text='mine', kind=None):
   """Creates folder `path` holding one file; returns its file_state, to check it is left alone.
-  kind: also mark it as a folder this project wrote as that kind (`zoo.write_marker`), one that
+  kind: also mark it as a folder this project wrote as that kind (`files.write_marker`), one that
   --overwrite may replace."""
   path.mkdir()
   (path / name).write_text(text)
   if kind is not None:
-    from nws_jax import zoo as zoo_lib
-    zoo_lib.write_marker(str(path), kind)
+    from nws_jax import files
+    files.write_marker(str(path), kind)
   return file_state(path)
 
 
@@ -40,7 +40,7 @@ def build_crashing_after(config, workdir, rounds, check=None, **options):
   saved, then crashes it (KeyboardInterrupt, caught here), as a preempted run would stop;
   check(result), when given, sees that round's result."""
   import pytest
-  from nws_jax import zoo_builder
+  from nws_jax.zoo import builder as zoo_builder
   save = zoo_builder._StateCheckpointer.save
 
   def save_then_crash(self, done, result):

@@ -551,7 +551,7 @@ def _write_meta_run(zoo, workdir):
 
 @pytest.fixture(scope='module')
 def inputs(tmp_path_factory, synthetic_zoo_dir):
-  from nws_jax import release_convert
+  from nws_jax.release import convert as release_convert
   base = str(tmp_path_factory.mktemp('bad_input_inputs'))
   release = os.path.join(base, 'release')
   release_convert.export_zoo(synthetic_zoo_dir, release)

@@ -16,7 +16,8 @@ from helpers import file_state
 SCRIPT = textwrap.dedent('''
     import resource, signal, sys
     import numpy as np
-    from nws_jax import early_stopping, zoo_builder
+    from nws_jax import early_stopping
+    from nws_jax.zoo import builder as zoo_builder
     from nws_jax.zoo import loop
     from nws_jax.zoo import schedule as schedule_lib
 
@@ -128,7 +129,7 @@ def test_export_nws_on_a_full_disk_names_the_file_it_was_writing(synthetic_zoo_d
 
 def test_import_nws_on_a_full_disk_fails_in_one_line_and_leaves_nothing(synthetic_zoo_dir,
                                                                       tmp_path, parent):
-  from nws_jax import release_convert
+  from nws_jax.release import convert as release_convert
   release = str(tmp_path / 'release')
   release_convert.export_zoo(synthetic_zoo_dir, release)
   before = file_state(parent)

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from nws_jax import release_convert
+from nws_jax.release import convert as release_convert
 from nws_jax import snapshots as snapshots_lib
 from nws_jax import zoo as zoo_lib
 

@@ -13,7 +13,7 @@ from nws_jax import input_pipeline
 from nws_jax import sharding
 from nws_jax import snapshots
 from nws_jax import space
-from nws_jax import zoo_builder
+from nws_jax.zoo import builder as zoo_builder
 from nws_jax.zoo import loop
 from nws_jax.zoo import trainer as trainer_lib
 from helpers import MemoryWriter

@@ -246,7 +246,7 @@ def test_votes_over_more_slices_use_the_first_ones(ensembles_study, synthetic_zo
 def test_a_study_builds_each_zoo_once_and_continues_an_interrupted_one(tmp_path, monkeypatch):
   """Study.zoo: builds into zoo_<kind> when none is given, reuses a finished one, continues one
   that holds a zoo's config (an interrupted build) and restarts one that does not."""
-  from nws_jax import zoo_builder
+  from nws_jax.zoo import builder as zoo_builder
   from nws_jax.study import runner
   from nws_jax.study import scale as scale_lib
 
@@ -336,7 +336,7 @@ def test_a_sigterm_that_lands_in_a_gc_callback_still_stops_the_run():
 def test_a_meta_run_marks_its_hidden_folder_from_the_start(synthetic_zoo_dir, tmp_path,
                                                            monkeypatch):
   """What a meta run killed while training leaves is recognisable as ours (its marker file)."""
-  from nws_jax import zoo as zoo_lib
+  from nws_jax import files
   from nws_jax.meta import pipeline
   from nws_jax.meta import train as train_lib
 
@@ -346,7 +346,7 @@ def test_a_meta_run_marks_its_hidden_folder_from_the_start(synthetic_zoo_dir, tm
   seen = []
 
   def fit(*args, **kwargs):
-    seen.extend(zoo_lib.marked_kind(str(p)) for p in tmp_path.glob('.meta.partial-*'))
+    seen.extend(files.marked_kind(str(p)) for p in tmp_path.glob('.meta.partial-*'))
     raise Stop
 
   monkeypatch.setattr(train_lib, 'fit', fit)
@@ -359,7 +359,7 @@ def test_a_meta_run_marks_its_hidden_folder_from_the_start(synthetic_zoo_dir, tm
 
 def test_a_resumed_study_removes_only_the_marked_hidden_folders_of_killed_meta_runs(
     synthetic_zoo_dir, tmp_path):
-  from nws_jax import zoo as zoo_lib
+  from nws_jax import files
   from nws_jax.study import runner
   from nws_jax.study import scale as scale_lib
 
@@ -372,7 +372,7 @@ def test_a_resumed_study_removes_only_the_marked_hidden_folders_of_killed_meta_r
   meta.mkdir()
   killed = meta / '.where_all.partial-k1ll3d_0'  # a meta run killed outright (SIGKILL)
   killed.mkdir()
-  zoo_lib.write_marker(str(killed), 'meta')
+  files.write_marker(str(killed), 'meta')
   (killed / 'history.csv').write_text('epoch\n')
   kept = {}
   for name, marked in (('.notes.partial-abcd1234', False), ('.where_all.old-abcd1234', True),
@@ -381,7 +381,7 @@ def test_a_resumed_study_removes_only_the_marked_hidden_folders_of_killed_meta_r
     kept[name].mkdir()
     (kept[name] / 'mine.txt').write_text('mine')
     if marked:
-      zoo_lib.write_marker(str(kept[name]), 'meta')
+      files.write_marker(str(kept[name]), 'meta')
   (meta / '.file.partial-abcd1234').write_text('a file, not a folder')
   before = file_state(meta)
   open_study(resume=True)

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nws_jax import files
 from nws_jax import release
-from nws_jax import release_convert
+from nws_jax.release import convert as release_convert
 from nws_jax import space
 from nws_jax import zoo as zoo_lib
 
@@ -37,7 +38,7 @@ def exported(synthetic_zoo_dir, tmp_path_factory):
 
 def test_export_writes_split_csvs_by_model(exported):
   out, summary, _ = exported
-  assert sorted(os.listdir(out)) == [zoo_lib.MARKER_FILE, 'nets', 'test.csv', 'train.csv']
+  assert sorted(os.listdir(out)) == [files.MARKER_FILE, 'nets', 'test.csv', 'train.csv']
   train = pd.read_csv(os.path.join(out, 'train.csv'))
   test = pd.read_csv(os.path.join(out, 'test.csv'))
   assert list(train.columns) == list(release.SPLIT_COLUMNS)
@@ -182,9 +183,9 @@ def test_export_refuses_a_non_empty_out_and_leaves_it(synthetic_zoo_dir, tmp_pat
   with pytest.raises(FileExistsError, match='was not written by export_nws'):
     release_convert.export_zoo(synthetic_zoo_dir, str(out), overwrite=True)
   assert file_state(out) == before and sorted(os.listdir(tmp_path)) == ['out']
-  zoo_lib.write_marker(str(out), 'release')
+  files.write_marker(str(out), 'release')
   release_convert.export_zoo(synthetic_zoo_dir, str(out), overwrite=True)
-  assert sorted(os.listdir(out)) == [zoo_lib.MARKER_FILE, 'nets', 'test.csv', 'train.csv']
+  assert sorted(os.listdir(out)) == [files.MARKER_FILE, 'nets', 'test.csv', 'train.csv']
   assert sorted(os.listdir(tmp_path)) == ['out']
   # An empty folder may be written without overwrite.
   (tmp_path / 'empty').mkdir()

@@ -10,7 +10,7 @@ import pytest
 from nws_jax import cnn
 from nws_jax import space
 from nws_jax import zoo as zoo_lib
-from nws_jax import zoo_builder
+from nws_jax.zoo import builder as zoo_builder
 from nws_jax.meta import split as split_lib
 from nws_jax.meta import targets as targets_lib
 from nws_jax.meta import train

@@ -23,7 +23,7 @@ from nws_jax import input_pipeline
 from nws_jax import optim
 from nws_jax import snapshots
 from nws_jax import space
-from nws_jax import zoo_builder
+from nws_jax.zoo import builder as zoo_builder
 from nws_jax.zoo import loop
 from nws_jax.zoo import step
 from nws_jax.zoo import trainer as trainer_lib

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from nws_jax import release
-from nws_jax import release_convert
+from nws_jax.release import convert as release_convert
 from nws_jax import zoo as zoo_lib
 
 from helpers import file_state, occupied_folder

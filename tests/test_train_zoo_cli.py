@@ -103,13 +103,13 @@ def test_overwrite_refuses_a_folder_train_zoo_did_not_write(tmp_path, names):
 
 
 def test_overwrite_accepts_only_a_marked_zoo(tmp_path):
-  from nws_jax import zoo as zoo_lib
-  from nws_jax import zoo_builder
+  from nws_jax import files
+  from nws_jax.zoo import builder as zoo_builder
   config = zoo_builder.ZooConfig(num_models=1)
   zoo_dir, meta_dir = tmp_path / 'zoo', tmp_path / 'meta'
   for folder, kind in ((zoo_dir, 'zoo'), (meta_dir, 'meta')):
     folder.mkdir()
-    zoo_lib.write_marker(str(folder), kind)
+    files.write_marker(str(folder), kind)
   assert zoo_builder.check_workdir(str(zoo_dir), config, resume=False, overwrite=True) == \
       'overwrite'
   with pytest.raises(zoo_builder.WorkdirError, match='holds a meta-classifier run'):
@@ -117,7 +117,7 @@ def test_overwrite_accepts_only_a_marked_zoo(tmp_path):
 
 
 def test_a_zoo_that_cannot_fit_is_refused_before_sampling():
-  from nws_jax import zoo_builder
+  from nws_jax.zoo import builder as zoo_builder
   config = zoo_builder.ZooConfig(num_models=1000, architecture='random')
   smallest = zoo_builder.smallest_vector('random')
   assert smallest < zoo_builder.smallest_vector('fixed') == 16880 + 75988

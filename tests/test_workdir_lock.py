@@ -133,7 +133,7 @@ def test_a_folder_renamed_into_place_stays_locked(tmp_path):
   out = tmp_path / 'out'
   with holder(out) as child:
     (tmp_path / '.out.partial').mkdir()
-    os.rename(tmp_path / '.out.partial', out)  # as zoo.OutputFolder publishes a finished folder
+    os.rename(tmp_path / '.out.partial', out)  # as files.OutputFolder publishes a finished folder
     with pytest.raises(workdir_lock.LockedError) as refused:
       with workdir_lock.hold(str(out), 'second'):
         pass
@@ -180,7 +180,7 @@ def test_holding_locks_the_named_argument():
 
 @pytest.fixture(scope='module')
 def release_dir(tmp_path_factory, synthetic_zoo_dir):
-  from nws_jax import release_convert
+  from nws_jax.release import convert as release_convert
   path = str(tmp_path_factory.mktemp('lock_release') / 'release')
   release_convert.export_zoo(synthetic_zoo_dir, path)
   return path

@@ -12,7 +12,7 @@ from nws_jax import cnn
 from nws_jax import snapshots
 from nws_jax import space
 from nws_jax import zoo as zoo_lib
-from nws_jax import zoo_builder
+from nws_jax.zoo import builder as zoo_builder
 from helpers import build_crashing_after
 from helpers import file_state
 from helpers import occupied_folder

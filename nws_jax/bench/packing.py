@@ -20,7 +20,7 @@ import numpy as np
 
 from nws_jax import cnn
 from nws_jax import space
-from nws_jax import zoo_builder
+from nws_jax.zoo import builder as zoo_builder
 from nws_jax.bench import common
 from nws_jax.bench import roofline
 from nws_jax.zoo import programs as programs_lib

@@ -17,6 +17,7 @@ import os
 import numpy as np
 import pandas as pd
 
+from nws_jax import files
 from nws_jax import workdir_lock
 from nws_jax import zoo as zoo_lib
 from nws_jax.meta import baseline as baseline_lib
@@ -81,7 +82,7 @@ def failed_note(table: pd.DataFrame, include_failed: bool) -> dict:
     return dict(include_failed=bool(include_failed), threshold=None, flagged=0, dropped=0,
                 models=len(table), note='the release\'s nets carry no failed flag (the release '
                 'left its failed nets out itself): none left out')
-  from nws_jax import zoo_builder  # the zoo's threshold (a heavy import, needed only here)
+  from nws_jax.zoo import builder as zoo_builder  # the zoo's threshold (a heavy import, needed only here)
   flagged = int(table['failed'].to_numpy(bool).sum())
   return dict(include_failed=bool(include_failed),
               threshold=f'test accuracy below {zoo_builder.FAILED_BELOW} or diverged '
@@ -146,12 +147,12 @@ def train_and_evaluate(config: train_lib.MetaConfig, source: source_lib.WeightSo
   inputs = input_paths(source)
   store.check_workdir(workdir, overwrite=overwrite, protect=inputs)
   check = lambda out: store.check_workdir(out, overwrite=overwrite, protect=inputs)
-  with zoo_lib.OutputFolder(workdir, check) as tmp:
-    # Marked from the start: what a killed run leaves may be swept (zoo.remove_partial_folders).
-    zoo_lib.write_marker(tmp, 'meta')
+  with files.OutputFolder(workdir, check) as tmp:
+    # Marked from the start: what a killed run leaves may be swept (files.remove_partial_folders).
+    files.write_marker(tmp, 'meta')
     damaged = getattr(source.reader, 'damaged', None)
     if damaged is not None and len(damaged):
-      zoo_lib.write_csv_atomic(damaged, os.path.join(tmp, DAMAGED_FILE))
+      files.write_csv_atomic(damaged, os.path.join(tmp, DAMAGED_FILE))
     run = train_lib.fit(config, source.table, source.reader, split, targets, progress=progress)
     store.save_run(tmp, run, source.description,
                    failed=failed_note(source.table, config.include_failed))
@@ -239,13 +240,13 @@ def write_results(results: Results, workdir: str, boundary: float,
                   train_range: tuple[int, int]) -> None:
   path = lambda name: os.path.join(workdir, name)
   for name in ('accuracy', 'ensemble', 'position', 'snapshot', 'part', 'history'):
-    zoo_lib.write_csv_atomic(getattr(results, name), path(f'{name}.csv'))
+    files.write_csv_atomic(getattr(results, name), path(f'{name}.csv'))
   if results.baseline is not None:
-    zoo_lib.write_csv_atomic(results.baseline, path('baseline.csv'))
+    files.write_csv_atomic(results.baseline, path('baseline.csv'))
   elif os.path.exists(path('baseline.csv')):
     os.remove(path('baseline.csv'))  # from an earlier evaluation; it would no longer match
   if results.per_net is not None:
-    zoo_lib.write_csv_atomic(results.per_net, path('per_net.csv'))
+    files.write_csv_atomic(results.per_net, path('per_net.csv'))
     plots.save(plots.plot_per_net(results.per_net, chance=results.accuracy), path('per_net.png'))
   for name, fig in (('accuracy', plots.plot_accuracy(results.accuracy, baseline=results.baseline)),
                     ('ensemble', plots.plot_ensemble(results.ensemble)),

@@ -17,7 +17,7 @@ import json
 
 import numpy as np
 
-from nws_jax import zoo as zoo_lib
+from nws_jax import files
 
 
 class SplitError(ValueError):
@@ -129,7 +129,7 @@ def check_split(split: ModelSplit, num_models: int, where: str = 'the split') ->
 
 
 def save_split(path: str, split: ModelSplit) -> None:
-  zoo_lib.write_json_atomic(split.to_json(), path)
+  files.write_json_atomic(split.to_json(), path)
 
 
 def load_split(path: str) -> ModelSplit:
@@ -139,7 +139,7 @@ def load_split(path: str) -> ModelSplit:
     with open(path, 'rb') as f:
       saved = json.loads(f.read().decode('utf-8'))
   except (ValueError, UnicodeDecodeError) as e:
-    raise SplitError(f'{path} is damaged (not valid JSON: {zoo_lib.short_error(e, 80)})') from e
+    raise SplitError(f'{path} is damaged (not valid JSON: {files.short_error(e, 80)})') from e
   if not isinstance(saved, dict) or any(k not in saved for k in ('train', 'valid', 'test')):
     raise SplitError(f'{path} is damaged (it must hold the train, valid and test sides)')
   sides = [saved[k] for k in ('train', 'valid', 'test')]

@@ -30,6 +30,7 @@ from typing import Sequence
 import jax
 import orbax.checkpoint as ocp
 
+from nws_jax import files
 from nws_jax import space
 from nws_jax import zoo as zoo_lib
 from nws_jax.meta import model as model_lib
@@ -55,11 +56,11 @@ def check_workdir(workdir: str, *, overwrite: bool, protect: Sequence[str] = ())
   """Raises MetaWorkdirError unless a run may be written to `workdir`: not inside one of the
   inputs in `protect` (the zoo, the release's CSVs and nets), and absent, an empty folder, or,
   with overwrite, a meta-classifier run that train_meta wrote (its marker file:
-  zoo.replace_refusal) that holds none of them.
-  Touches nothing: the run is written elsewhere and moved into place (zoo.OutputFolder)."""
+  files.replace_refusal) that holds none of them.
+  Touches nothing: the run is written elsewhere and moved into place (files.OutputFolder)."""
   if os.path.lexists(workdir) and not os.path.isdir(workdir):
     raise MetaWorkdirError(f'workdir {workdir} exists and is not a directory')
-  inside = zoo_lib.inside_input(workdir, protect)
+  inside = files.inside_input(workdir, protect)
   if inside:
     raise MetaWorkdirError(f'workdir {workdir} {inside}')
   if not os.path.isdir(workdir) or not os.listdir(workdir):
@@ -67,10 +68,10 @@ def check_workdir(workdir: str, *, overwrite: bool, protect: Sequence[str] = ())
   if not overwrite:
     raise MetaWorkdirError(f'workdir {workdir} is not empty; pass --overwrite to replace it '
                            'or --evaluate_only to re-evaluate the run in it')
-  clash = zoo_lib.input_clash(workdir, protect)
+  clash = files.input_clash(workdir, protect)
   if clash:
     raise MetaWorkdirError(f'workdir {workdir} {clash} (--overwrite)')
-  refusal = zoo_lib.replace_refusal(workdir, 'meta', 'train_meta')
+  refusal = files.replace_refusal(workdir, 'meta', 'train_meta')
   if refusal:
     raise MetaWorkdirError(f'workdir {workdir} {refusal}')
 
@@ -80,7 +81,7 @@ def _read_json(path: str):
     with open(path, 'rb') as f:
       return json.loads(f.read().decode('utf-8'))
   except (ValueError, UnicodeDecodeError) as e:
-    raise MetaWorkdirError(f'{path} is damaged (not valid JSON: {zoo_lib.short_error(e, 80)})') \
+    raise MetaWorkdirError(f'{path} is damaged (not valid JSON: {files.short_error(e, 80)})') \
         from e
 
 
@@ -91,7 +92,7 @@ def save_checkpoint(path: str, tree) -> None:
   while the others may still be writing, and its metadata writer keeps running until the
   checkpointer is closed. So the checkpointer is closed, and each thread the save started
   joined, before anything is raised: once this returns or raises, nothing writes under `path`
-  any more, and the caller may remove it for good (zoo.OutputFolder)."""
+  any more, and the caller may remove it for good (files.OutputFolder)."""
   before = set(threading.enumerate())
   checkpointer = ocp.StandardCheckpointer()
   try:
@@ -115,13 +116,13 @@ def save_run(workdir: str, run: train_lib.MetaRun, source: dict,
   failed: what the run did with failed models (`pipeline.failed_note`), kept in run.json."""
   path = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
   save_checkpoint(path, {'params': run.params, 'batch_stats': run.batch_stats})
-  zoo_lib.write_marker(workdir, 'meta')
-  zoo_lib.write_csv_atomic(run.history, os.path.join(workdir, HISTORY_FILE))
+  files.write_marker(workdir, 'meta')
+  files.write_csv_atomic(run.history, os.path.join(workdir, HISTORY_FILE))
   split_lib.save_split(os.path.join(workdir, SPLIT_FILE), run.split)
-  zoo_lib.write_json_atomic({'meta': run.config.to_json(), 'source': source},
+  files.write_json_atomic({'meta': run.config.to_json(), 'source': source},
                             os.path.join(workdir, CONFIG_FILE))
   spec = run.spec
-  zoo_lib.write_json_atomic(
+  files.write_json_atomic(
       {'targets': [t.to_json() for t in run.targets],
        **({} if failed is None else {FAILED_KEY: failed}),
        'spec': dict(slice_length=spec.slice_length, conv_widths=list(spec.conv_widths),
@@ -147,8 +148,8 @@ def read_config(workdir: str) -> tuple[train_lib.MetaConfig, dict]:
   MetaWorkdirError for a workdir that holds no run (a zoo, a release, nothing) or a damaged
   config.json."""
   path = os.path.join(workdir, CONFIG_FILE)
-  kind = zoo_lib.folder_kind(workdir)
-  not_a_run = (f'{workdir} holds {zoo_lib.KIND_NAMES[kind]}, not a meta-classifier run'
+  kind = files.folder_kind(workdir)
+  not_a_run = (f'{workdir} holds {files.KIND_NAMES[kind]}, not a meta-classifier run'
                if kind in ('zoo', 'release') else None)
   if not os.path.isfile(path):
     raise MetaWorkdirError(not_a_run or f'{workdir} holds no meta-classifier run '
@@ -170,7 +171,7 @@ def read_config(workdir: str) -> tuple[train_lib.MetaConfig, dict]:
         raise TypeError(f'source {name} is not a {kind_of.__name__}')
   except (KeyError, TypeError, ValueError, AttributeError) as e:
     raise MetaWorkdirError(f'{path} is damaged ({type(e).__name__}: '
-                           f'{zoo_lib.short_error(e, 120)})') from e
+                           f'{files.short_error(e, 120)})') from e
   return config, source
 
 
@@ -197,7 +198,7 @@ def load_run(workdir: str) -> train_lib.MetaRun:
       raise ValueError('no targets, or an unknown property')
   except (KeyError, TypeError, ValueError, AttributeError) as e:
     raise MetaWorkdirError(f'{path} is damaged ({type(e).__name__}: '
-                           f'{zoo_lib.short_error(e, 120)})') from e
+                           f'{files.short_error(e, 120)})') from e
   codes = jax.numpy.asarray([t.code for t in targets])
   member_keys = train_lib.member_keys_for(config.seed, codes)
   abstract = jax.eval_shape(lambda k: train_lib.init_members(
@@ -210,7 +211,7 @@ def load_run(workdir: str) -> train_lib.MetaRun:
     restored = checkpointer.restore(checkpoint, target)
   except Exception as e:  # Orbax raises many types for a damaged checkpoint.
     raise MetaWorkdirError(f'{workdir}: cannot read the meta-classifier checkpoint: '
-                           f'{zoo_lib.short_error(e)}') from e
+                           f'{files.short_error(e)}') from e
   finally:
     checkpointer.close()
   try:
@@ -223,7 +224,7 @@ def load_run(workdir: str) -> train_lib.MetaRun:
 
 
 def save_eval_options(workdir: str, options: dict) -> None:
-  zoo_lib.write_json_atomic(options, os.path.join(workdir, EVAL_FILE))
+  files.write_json_atomic(options, os.path.join(workdir, EVAL_FILE))
 
 
 def read_eval_options(workdir: str, known: Sequence[str] | None = None) -> dict:

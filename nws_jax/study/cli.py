@@ -126,7 +126,7 @@ def run(name: str, title: str, argv, settings: dict, study_fn: str, *args) -> No
   fail = functools.partial(cli.fail, name)
   cli.begin(name, argv, required=('workdir',))
   from nws_jax import zoo as zoo_lib
-  from nws_jax import zoo_builder
+  from nws_jax.zoo import builder as zoo_builder
   from nws_jax.meta import store
   from nws_jax.study import report
   from nws_jax.study import runner

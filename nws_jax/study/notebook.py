@@ -46,14 +46,9 @@ _tiny_meta: dict[str, str] = {}
 
 
 def tiny_zoo_config():
-  """The tiny zoo: 8 models of 3 epochs on the offline datasets. A zoo compiles one training
-  program per batch size, and compiling is most of a tiny zoo's time: seed 193260's 8 models all
-  draw batch size 128 (so it does not vary) while dataset (all three), lrate, augmentation,
-  optimizer, activation and initialisation vary; one program instead of the usual four cuts the
-  build's CPU time by more than half."""
-  from nws_jax import zoo_builder
-  return zoo_builder.ZooConfig(num_models=8, seed=193260, max_epochs=3, min_epochs=1,
-                               num_train=300, num_test=100, eval_size=100)
+  """The tiny zoo: 8 models of 3 epochs on the offline datasets (`configs.presets.NOTEBOOK`)."""
+  from nws_jax.configs import presets
+  return presets.NOTEBOOK
 
 
 def tiny_meta_config():
@@ -82,7 +77,7 @@ def zoo_path() -> str:
     print(f'zoo: {path} (from {ZOO_VARIABLE})')
     return path
   if _tiny_zoo is None:
-    from nws_jax import zoo_builder
+    from nws_jax.zoo import builder as zoo_builder
     path = tempfile.mkdtemp(prefix='nws_tiny_zoo_')
     t0 = time.time()
     zoo_builder.build_zoo(tiny_zoo_config(), path)

@@ -31,7 +31,7 @@ import pandas as pd
 
 from nws_jax import files
 from nws_jax import zoo as zoo_lib
-from nws_jax import zoo_builder
+from nws_jax.zoo import builder as zoo_builder
 from nws_jax.meta import evaluate as evaluate_lib
 from nws_jax.meta import pipeline
 from nws_jax.meta import source as source_lib
@@ -56,7 +56,7 @@ class Terminated(BaseException):
 @contextlib.contextmanager
 def _sigterm_raises(what: str):
   """Inside the block SIGTERM raises Terminated (in the main thread; elsewhere nothing changes),
-  so that the run unwinds and its hidden folder is removed (zoo.OutputFolder, once Orbax's
+  so that the run unwinds and its hidden folder is removed (files.OutputFolder, once Orbax's
   writers are done: store.save_checkpoint) instead of the process dying on the spot."""
   if threading.current_thread() is not threading.main_thread():
     yield
@@ -146,7 +146,7 @@ class Study:
     seconds = time.time() - t0
     self.steps.append((name, seconds, False))
     self._built[name] = seconds
-    zoo_lib.write_json_atomic(self._built, self.path(STEPS_FILE))
+    files.write_json_atomic(self._built, self.path(STEPS_FILE))
     print(f'[{self.name}] {name}: done in {seconds:.0f} s', flush=True)
 
   def _reused(self, name: str) -> None:
@@ -196,7 +196,7 @@ class Study:
 
   def write_csv(self, frame: pd.DataFrame, name: str) -> str:
     path = self.path(name)
-    zoo_lib.write_csv_atomic(frame, path)
+    files.write_csv_atomic(frame, path)
     return path
 
   def write_text(self, text: str, name: str) -> str:
@@ -210,8 +210,8 @@ def check_zoo(path: str, kind: str) -> str:
   if not os.path.isdir(path):
     raise StudyError(f'--{kind}_zoo {path}: no such directory')
   if not os.path.isfile(os.path.join(path, zoo_lib.MODELS_FILE)):
-    found = zoo_lib.folder_kind(path)
-    hint = f' (it holds {zoo_lib.KIND_NAMES[found]})' if found and found != 'zoo' else ''
+    found = files.folder_kind(path)
+    hint = f' (it holds {files.KIND_NAMES[found]})' if found and found != 'zoo' else ''
     raise StudyError(f'--{kind}_zoo {path} is not a finished zoo: no '
                      f'{zoo_lib.MODELS_FILE}{hint}')
   return os.path.abspath(path)
@@ -237,9 +237,9 @@ def open_study(name: str, scale: scale_lib.Scale, workdir: str, *, settings: dic
   if os.path.lexists(workdir) and not os.path.isdir(workdir):
     raise StudyError(f'workdir {workdir} exists and is not a directory')
   filled = os.path.isdir(workdir) and bool(os.listdir(workdir))
-  kind = zoo_lib.folder_kind(workdir) if filled else None
+  kind = files.folder_kind(workdir) if filled else None
   if filled and (resume or overwrite) and kind != 'study':
-    held = f'holds {zoo_lib.KIND_NAMES[kind]}' if kind else 'is not a study workdir'
+    held = f'holds {files.KIND_NAMES[kind]}' if kind else 'is not a study workdir'
     raise StudyError(f'workdir {workdir} {held}; --{"resume" if resume else "overwrite"} '
                      'applies only to a study (choose another workdir)')
   if filled and resume:
@@ -249,9 +249,9 @@ def open_study(name: str, scale: scale_lib.Scale, workdir: str, *, settings: dic
       raise StudyError(f'cannot resume {workdir}: it was started with other '
                        f'{"/".join(differ)} (see {os.path.join(workdir, STUDY_FILE)})')
     # What meta runs of a killed study left (their hidden, marked folders): run again below.
-    zoo_lib.remove_partial_folders(os.path.join(workdir, META_DIR))
+    files.remove_partial_folders(os.path.join(workdir, META_DIR))
   elif filled and overwrite:
-    clash = zoo_lib.input_clash(workdir, list(zoos.values()))
+    clash = files.input_clash(workdir, list(zoos.values()))
     if clash:
       raise StudyError(f'workdir {workdir} {clash} (--overwrite)')
     shutil.rmtree(workdir)
@@ -259,7 +259,7 @@ def open_study(name: str, scale: scale_lib.Scale, workdir: str, *, settings: dic
     raise StudyError(f'workdir {workdir} is not empty; pass --resume to continue the study in '
                      'it or --overwrite to replace it')
   os.makedirs(workdir, exist_ok=True)
-  zoo_lib.write_json_atomic(record, os.path.join(workdir, STUDY_FILE))
+  files.write_json_atomic(record, os.path.join(workdir, STUDY_FILE))
   return Study(name, scale, workdir, zoos, progress)
 
 

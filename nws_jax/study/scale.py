@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from nws_jax import zoo_builder
+from nws_jax.configs import presets
+from nws_jax.configs.zoo import ZooConfig
 from nws_jax.meta import pipeline
 from nws_jax.meta import train as train_lib
 
@@ -25,8 +26,8 @@ class Scale:
   slice_lengths: weights per slice (WHOLE: the whole vector). vote_sizes: `ensembles`' numbers of
   slices per model in a vote."""
   name: str
-  fixed_zoo: zoo_builder.ZooConfig
-  mixed_zoo: zoo_builder.ZooConfig
+  fixed_zoo: ZooConfig
+  mixed_zoo: ZooConfig
   meta: train_lib.MetaConfig
   options: pipeline.EvalOptions
   ranges: tuple[tuple[str, tuple[int, int]], ...]
@@ -34,7 +35,7 @@ class Scale:
   slice_lengths: tuple[int, ...] = ()
   vote_sizes: tuple[int, ...] = ()
 
-  def zoo_config(self, kind: str) -> zoo_builder.ZooConfig:
+  def zoo_config(self, kind: str) -> ZooConfig:
     if kind not in ZOO_KINDS:
       raise ValueError(f'unknown zoo kind {kind!r}; choose from: {", ".join(ZOO_KINDS)}')
     return self.fixed_zoo if kind == 'fixed' else self.mixed_zoo
@@ -45,14 +46,12 @@ _RANGES = (('early', (1, 5)), ('late', (16, 20)), ('all', (1, 20)))
 
 # This CPU in minutes: zoos of 5 epochs on the offline datasets (most models stay near chance,
 # as in the README's main job) and a narrow meta-classifier on 500-weight slices.
-_TINY_ZOO = zoo_builder.ZooConfig(num_models=32, seed=0, max_epochs=5, min_epochs=5,
-                                  num_train=600, num_test=200, eval_size=100)
 TINY = Scale(
     name='tiny',
-    fixed_zoo=_TINY_ZOO,
+    fixed_zoo=presets.TINY,
     # Random architectures compile one program per (padded architecture, batch size): 16 models
     # keep that to minutes on this CPU.
-    mixed_zoo=dataclasses.replace(_TINY_ZOO, num_models=16, architecture='random'),
+    mixed_zoo=presets.TINY_MIXED,
     # include_failed: most models of a 5-epoch zoo stay near chance and are flagged failed (22
     # of 32, 15 of 16); left out, too few would remain to split.
     meta=train_lib.MetaConfig(slice_length=500, epochs=20, conv_widths=(8, 16, 32, 32, 32, 32),
@@ -66,14 +65,10 @@ TINY = Scale(
 
 # PROTOCOL's sizes: 3,000 fixed and 13,000 mixed nets on the five datasets, up to 1,000 epochs
 # with early stopping from epoch 20; meta-classifiers on 5,000-weight slices, 50 epochs.
-_PAPER_DATASETS = ('mnist', 'cifar10', 'svhn', 'stl10', 'fashion')
-_PAPER_ZOO = zoo_builder.ZooConfig(num_models=3000, seed=0, datasets=_PAPER_DATASETS,
-                                   max_epochs=1000, min_epochs=20)
 PAPER = Scale(
     name='paper',
-    fixed_zoo=_PAPER_ZOO,
-    mixed_zoo=dataclasses.replace(_PAPER_ZOO, num_models=13000, architecture='random',
-                                  packing='conv'),
+    fixed_zoo=presets.PAPER,
+    mixed_zoo=presets.PAPER_MIXED,
     meta=train_lib.MetaConfig(),
     options=pipeline.EvalOptions(),
     ranges=_RANGES,

@@ -20,9 +20,10 @@ from nws_jax import cnn
 from nws_jax import input_pipeline
 from nws_jax import optim
 from nws_jax import packing as packing_lib
+from nws_jax.configs import zoo as zoo_config
 
 
-BN_EVALS = ('original', 'moving')
+BN_EVALS = zoo_config.BN_EVALS
 # Key streams under a step's key: the original evaluation pass draws its own augmentation.
 _EVAL_STREAM = 2
 _EXPORT_EVAL_STREAM = 3

@@ -15,7 +15,6 @@ several processes (`distributed`), every process runs this same function.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import json
@@ -36,105 +35,24 @@ from nws_jax import cnn
 from nws_jax import datasets as datasets_lib
 from nws_jax import distributed
 from nws_jax import early_stopping
+from nws_jax import files
 from nws_jax import input_pipeline
-from nws_jax import packing as packing_lib
 from nws_jax import sharding
 from nws_jax import snapshots as snapshots_lib
 from nws_jax import space
 from nws_jax import workdir_lock
 from nws_jax import zoo as zoo_lib
+from nws_jax.configs import zoo as zoo_config
 from nws_jax.zoo import loop
 from nws_jax.zoo import schedule as schedule_lib
-from nws_jax.zoo import step
 from nws_jax.zoo import trainer as trainer_lib
 
 # Test accuracy below which a model counts as failed to train (the release left such nets out);
 # a model that diverged counts as failed too.
 FAILED_BELOW = 0.15
-# Seeds that give distinct zoos: [0, SEEDS).
-SEEDS = 2 ** 32
-
-
-@dataclasses.dataclass(frozen=True)
-class ZooConfig:
-  """Everything that determines a zoo (same config -> same zoo).
-
-  num_train / num_test: examples per dataset (None: the dataset's default); num_train counts
-  the training split before 10% of it is held out for validation. eval_size caps the
-  validation, test and training-accuracy sets (None: whole sets).
-  bn_eval: how accuracies are measured and what an export's batch-norm statistics hold
-  (`trainer.TrainConfig.bn_eval`): 'original' (the release's code) or 'moving'.
-  early_stopping: the reading of the stopping rules (`early_stopping.StoppingRules.reading`):
-  'original' (the release's code) or 'protocol'.
-  """
-  num_models: int = 8
-  seed: int = 0
-  datasets: tuple[str, ...] = datasets_lib.OFFLINE_NAMES
-  architecture: str = 'fixed'
-  max_epochs: int = 1000
-  min_epochs: int = 20
-  num_train: int | None = None
-  num_test: int | None = None
-  eval_size: int | None = None
-  num_snapshots: int = snapshots_lib.NUM_SNAPSHOTS
-  conv_impl: str = 'auto'
-  steps_per_call: int = 64
-  data_dir: str | None = None
-  packing: str = 'depth'
-  slots_per_group: int | None = None
-  compact: bool = False
-  max_programs: int | None = None
-  bn_eval: str = 'original'
-  early_stopping: str = 'original'
-
-  def validate(self) -> None:
-    """Raises ValueError with a one-line message for a config that cannot run."""
-    if self.num_models < 1:
-      raise ValueError(f'num_models must be at least 1, got {self.num_models}')
-    if not 0 <= self.seed < SEEDS:
-      # JAX's key holds 32 bits of the seed: 2**32 would train as 0 but sample other properties.
-      raise ValueError(f'seed must be an integer in [0, 2**32), got {self.seed}')
-    if not self.datasets:
-      raise ValueError('datasets must name at least one dataset')
-    unknown = [d for d in self.datasets if d not in datasets_lib.ALL_NAMES]
-    if unknown:
-      raise ValueError(f'unknown dataset {unknown[0]!r}; choose from: '
-                       + ', '.join(datasets_lib.ALL_NAMES))
-    if len(set(self.datasets)) != len(self.datasets):
-      raise ValueError(f'datasets repeat a name: {",".join(self.datasets)}')
-    if self.architecture not in space.ARCHITECTURE_MODES:
-      raise ValueError(f'unknown architecture {self.architecture!r}; this version supports: '
-                       + ', '.join(space.ARCHITECTURE_MODES))
-    if self.packing not in packing_lib.PACKINGS:
-      raise ValueError(f'unknown packing {self.packing!r}; choose from: '
-                       + ', '.join(packing_lib.PACKINGS))
-    if self.slots_per_group is not None and self.slots_per_group < 1:
-      raise ValueError(f'slots_per_group must be at least 1, got {self.slots_per_group}')
-    if self.max_programs is not None and self.max_programs < 1:
-      raise ValueError(f'max_programs must be at least 1, got {self.max_programs}')
-    if self.steps_per_call < 1:
-      raise ValueError(f'steps_per_call must be at least 1, got {self.steps_per_call}')
-    if self.num_snapshots < 1:
-      raise ValueError(f'num_snapshots must be at least 1, got {self.num_snapshots}')
-    if self.conv_impl not in ('auto',) + cnn.CONV_IMPLS:
-      raise ValueError(f'unknown conv_impl {self.conv_impl!r}')
-    for name in ('num_train', 'num_test', 'eval_size'):
-      value = getattr(self, name)
-      if value is not None and value < 10:
-        raise ValueError(f'{name} must be at least 10, got {value}')
-    if self.bn_eval not in step.BN_EVALS:
-      raise ValueError(f'unknown bn_eval {self.bn_eval!r}; choose from: '
-                       + ', '.join(step.BN_EVALS))
-    self.stopping_rules()
-
-  def stopping_rules(self) -> early_stopping.StoppingRules:
-    return early_stopping.StoppingRules(min_epochs=self.min_epochs, max_epochs=self.max_epochs,
-                                        reading=self.early_stopping)
-
-  def to_json(self) -> dict:
-    d = dataclasses.asdict(self)
-    d['datasets'] = list(self.datasets)
-    return d
+# The zoo's configuration is declared (knob by knob, with flags and validation) in configs/zoo.py.
+ZooConfig = zoo_config.ZooConfig
+SEEDS = zoo_config.SEEDS
 
 
 def smallest_vector(architecture: str) -> int:
@@ -200,7 +118,7 @@ def resume_folder(workdir: str) -> str:
   """The folder a `--resume` of `workdir` continues: a replacement that `--overwrite` started
   and that was stopped before it was complete, else `workdir` itself."""
   pending = replacement_folder(workdir)
-  if zoo_lib.marked_kind(pending) == 'zoo' and os.path.isfile(
+  if files.marked_kind(pending) == 'zoo' and os.path.isfile(
       os.path.join(pending, zoo_lib.CONFIG_FILE)):
     return pending
   return workdir
@@ -227,13 +145,13 @@ def check_workdir(workdir: str, config: ZooConfig, *, resume: bool, overwrite: b
     _check_resumable(pending, config)
     return 'resume'
   if exists and overwrite:
-    refusal = zoo_lib.replace_refusal(workdir, 'zoo', 'train_zoo')
+    refusal = files.replace_refusal(workdir, 'zoo', 'train_zoo')
     if refusal is None and config.data_dir:
-      refusal = zoo_lib.input_clash(workdir, [config.data_dir])
+      refusal = files.input_clash(workdir, [config.data_dir])
     if refusal:
       raise WorkdirError(f'workdir {workdir} {refusal}')
     pending = replacement_folder(workdir)
-    if os.path.lexists(pending) and zoo_lib.marked_kind(pending) != 'zoo':
+    if os.path.lexists(pending) and files.marked_kind(pending) != 'zoo':
       raise WorkdirError(f'{pending}, where train_zoo builds the replacement of {workdir}, '
                          'exists and was not written by train_zoo: move it away')
     return 'overwrite'
@@ -273,10 +191,10 @@ def _replace_workdir(folder: str, workdir: str) -> None:
   if folder == workdir:
     return
   if os.path.isdir(workdir) and os.listdir(workdir):
-    refusal = zoo_lib.replace_refusal(workdir, 'zoo', 'train_zoo')
+    refusal = files.replace_refusal(workdir, 'zoo', 'train_zoo')
     if refusal:
       raise WorkdirError(f'the new zoo is complete in {folder}, but {workdir} {refusal}')
-  zoo_lib.move_into_place(folder, workdir)
+  files.move_into_place(folder, workdir)
 
 
 def load_datasets(config: ZooConfig) -> list[datasets_lib.Dataset]:
@@ -486,8 +404,8 @@ def _build_zoo(config: ZooConfig, workdir: str, *, resume: bool = False, overwri
   folder, resuming = prepare_workdir(workdir, config, resume=resume, overwrite=overwrite)
   primary = distributed.is_primary()
   if not resuming and primary:
-    zoo_lib.write_marker(folder, 'zoo')
-    zoo_lib.write_json_atomic({'zoo': config.to_json(), 'nws_jax': nws_jax.__version__,
+    files.write_marker(folder, 'zoo')
+    files.write_json_atomic({'zoo': config.to_json(), 'nws_jax': nws_jax.__version__,
                                'jax': jax.__version__, 'backend': jax.default_backend(),
                                'devices': jax.device_count(),
                                'processes': jax.process_count()},
@@ -542,9 +460,9 @@ def _build_zoo(config: ZooConfig, workdir: str, *, resume: bool = False, overwri
   table = model_table(trainer, result)
   table['seconds'] = time.time() - t0
   if primary:
-    zoo_lib.write_csv_atomic(curves_table(trainer, result),
+    files.write_csv_atomic(curves_table(trainer, result),
                              os.path.join(folder, zoo_lib.CURVES_FILE))
-    zoo_lib.write_csv_atomic(table, os.path.join(folder, zoo_lib.MODELS_FILE))
+    files.write_csv_atomic(table, os.path.join(folder, zoo_lib.MODELS_FILE))
     zoo_lib.write_record(folder)
   snapshots_lib.save_snapshots(os.path.join(folder, zoo_lib.SNAPSHOTS_DIR), snaps, numbers)
   distributed.barrier('zoo_written')

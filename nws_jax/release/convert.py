@@ -38,10 +38,10 @@ zoo.load_zoo reads, streaming net by net: snapshots are written as Orbax chunks 
   (on_damaged='skip'). config.json lists every net left out, found when opening or while
   importing, with the reason.
 
-Both write into a hidden temporary sibling of `out` (.<name>.partial-…, zoo.OutputFolder) and
+Both write into a hidden temporary sibling of `out` (.<name>.partial-…, files.OutputFolder) and
 rename it into place when complete: `out` must be absent or empty unless overwrite, and with
 overwrite the old folder is removed only once the new one is complete. Overwrite replaces only a
-folder this project wrote as the same kind (its marker file, zoo.replace_refusal: an export
+folder this project wrote as the same kind (its marker file, files.replace_refusal: an export
 replaces only an export, an import only a zoo), never a folder of the user's, nor one that holds
 an input or lies inside one. An error or crash leaves `out` untouched (a crash may leave the hidden .partial- folder
 behind). Both hold `out`'s lock (workdir_lock.hold) while they run: a second writer of it is
@@ -57,6 +57,7 @@ import numpy as np
 import pandas as pd
 
 import nws_jax
+from nws_jax import files
 from nws_jax import release as release_lib
 from nws_jax import snapshots as snapshots_lib
 from nws_jax import space
@@ -81,11 +82,11 @@ def _check_out(out: str, overwrite: bool, protect: Sequence[str] = (),
                kind: str = 'release') -> None:
   """Raises FileExistsError unless `out` may be written: not inside one of the inputs in
   `protect`, and absent, an empty folder, or (with overwrite) a folder this project wrote as a
-  `kind` (its marker file, zoo.replace_refusal: an export replaces only a release export, an
+  `kind` (its marker file, files.replace_refusal: an export replaces only a release export, an
   import only a zoo) that holds none of them."""
   if not out:
     raise ValueError('no output folder given')
-  inside = zoo_lib.inside_input(out, protect)
+  inside = files.inside_input(out, protect)
   if inside:
     raise FileExistsError(f'{out} {inside}')
   if not os.path.lexists(out):
@@ -97,10 +98,10 @@ def _check_out(out: str, overwrite: bool, protect: Sequence[str] = (),
   if not overwrite:
     raise FileExistsError(f'{out} is not empty; choose another folder or overwrite it '
                           '(--overwrite)')
-  clash = zoo_lib.input_clash(out, protect)
+  clash = files.input_clash(out, protect)
   if clash:
     raise FileExistsError(f'{out} {clash}')
-  refusal = zoo_lib.replace_refusal(out, kind, 'export_nws' if kind == 'release'
+  refusal = files.replace_refusal(out, kind, 'export_nws' if kind == 'release'
                                     else 'import_nws or train_zoo')
   if refusal:
     raise FileExistsError(f'{out} {refusal}')
@@ -109,7 +110,7 @@ def _check_out(out: str, overwrite: bool, protect: Sequence[str] = (),
 def _release_folders(csv_paths: Sequence[str]) -> list[str]:
   """The folders of `csv_paths` that hold a release (split CSVs beside their nets/)."""
   folders = dict.fromkeys(os.path.dirname(os.path.abspath(p)) for p in csv_paths)
-  return [f for f in folders if zoo_lib.folder_kind(f) == 'release']
+  return [f for f in folders if files.folder_kind(f) == 'release']
 
 
 def _folder_bytes(folder: str) -> int:
@@ -209,8 +210,8 @@ def export_zoo(zoo_dir: str, out: str, *, test_fraction: float = 0.2, seed: int 
   curves = _model_curves(zoo, rows)  # checked before anything is written
   names = {int(i): f'{prefix}_{int(table["model_id"].iloc[i]):06d}' for i in rows}
 
-  with zoo_lib.OutputFolder(out, lambda o: _check_out(o, overwrite, kind='release')) as tmp:
-    zoo_lib.write_marker(tmp, 'release')
+  with files.OutputFolder(out, lambda o: _check_out(o, overwrite, kind='release')) as tmp:
+    files.write_marker(tmp, 'release')
     for i, (errors, stat) in _progress(list(zip(rows, curves)), progress, 'exporting nets'):
       properties = table.iloc[int(i)][list(space.PROPERTY_NAMES)].to_dict()
       release_lib.write_net(os.path.join(tmp, NETS_DIR, names[int(i)]),
@@ -303,8 +304,8 @@ def import_release(csv_paths: Sequence[str] | str, out: str, *, on_damaged: str 
   rows, curves = [], []
   pending, pending_numbers, pending_bytes, chunks, total = [], [], 0, 0, 0
 
-  with zoo_lib.OutputFolder(out, lambda o: _check_out(o, overwrite, kind='zoo')) as tmp:
-    zoo_lib.write_marker(tmp, 'zoo')
+  with files.OutputFolder(out, lambda o: _check_out(o, overwrite, kind='zoo')) as tmp:
+    files.write_marker(tmp, 'zoo')
     writer = snapshots_lib.ChunkWriter(os.path.join(tmp, zoo_lib.SNAPSHOTS_DIR))
 
     def flush():
@@ -364,17 +365,17 @@ def import_release(csv_paths: Sequence[str] | str, out: str, *, on_damaged: str 
     models = pd.DataFrame(rows, columns=IMPORT_COLUMNS)
     for name in ('epochs', 'steps_per_epoch'):
       models[name] = _whole(models[name].tolist())
-    zoo_lib.write_csv_atomic(models, os.path.join(tmp, zoo_lib.MODELS_FILE))
+    files.write_csv_atomic(models, os.path.join(tmp, zoo_lib.MODELS_FILE))
     if curves:
       ids, epochs, acc = (np.concatenate(parts) for parts in zip(*curves))
     else:
       ids, epochs, acc = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3))
-    zoo_lib.write_csv_atomic(pd.DataFrame({
+    files.write_csv_atomic(pd.DataFrame({
         'model_id': ids, 'epoch': epochs, 'train_accuracy': acc[:, 0],
         'valid_accuracy': acc[:, 1], 'test_accuracy': acc[:, 2],
         'train_loss': np.full(len(ids), np.nan)}, columns=list(CURVE_COLUMNS)),
         os.path.join(tmp, zoo_lib.CURVES_FILE))
-    zoo_lib.write_json_atomic({'imported_from': csv_paths, 'on_damaged': on_damaged,
+    files.write_json_atomic({'imported_from': csv_paths, 'on_damaged': on_damaged,
                                'scan_nans': bool(scan_nans), 'damaged': damaged,
                                'num_models': len(rows), 'nws_jax': nws_jax.__version__},
                               os.path.join(tmp, zoo_lib.CONFIG_FILE))
