@@ -20,10 +20,10 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  from nws_jax.study import scale as scale_lib
+  from nws_jax.configs import presets
 
   sizes = (cli.int_list('ensembles', 'vote_sizes') if FLAGS.vote_sizes
-           else scale_lib.SCALES[FLAGS.scale].vote_sizes)
+           else presets.SCALES[FLAGS.scale].vote_sizes)
   sizes = sorted(set(sizes))
   if not sizes or sizes[0] < 1:
     cli.fail('ensembles', f'--vote_sizes: expected positive integers, got {FLAGS.vote_sizes}')

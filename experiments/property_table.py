@@ -20,9 +20,9 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  from nws_jax.study import scale as scale_lib
+  from nws_jax.configs import study as study_config
 
-  kinds = study_cli.choices('property_table', 'zoos', scale_lib.ZOO_KINDS)
+  kinds = study_cli.choices('property_table', 'zoos', study_config.ZOO_KINDS)
   study_cli.run('property_table', 'How much: per-property accuracy', argv, {'zoos': kinds},
                 'property_table', kinds)
 

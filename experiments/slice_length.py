@@ -20,12 +20,12 @@ FLAGS = flags.FLAGS
 
 
 def parse_lengths(prog: str, values) -> list[int]:
-  from nws_jax.study import scale as scale_lib
+  from nws_jax.configs import study as study_config
 
   lengths = []
   for value in values:
     if value == 'whole':
-      lengths.append(scale_lib.WHOLE)
+      lengths.append(study_config.WHOLE)
       continue
     try:
       length = int(value)
@@ -40,10 +40,10 @@ def parse_lengths(prog: str, values) -> list[int]:
 
 
 def main(argv):
-  from nws_jax.study import scale as scale_lib
+  from nws_jax.configs import presets
 
   lengths = (parse_lengths('slice_length', FLAGS.slice_lengths) if FLAGS.slice_lengths
-             else list(scale_lib.SCALES[FLAGS.scale].slice_lengths))
+             else list(presets.SCALES[FLAGS.scale].slice_lengths))
   study_cli.run('slice_length', 'Slice length: score by weights per slice', argv,
                 {'zoo': FLAGS.zoo, 'slice_lengths': lengths},
                 'slice_length', FLAGS.zoo, lengths)

@@ -28,14 +28,18 @@ workdir that holds no intact run; and out of disk space (one line naming what it
 run is written into a hidden sibling of the workdir and moved into place once complete.
 """
 
+import dataclasses
 import functools
 
 from absl import app
 from absl import flags
 
 from nws_jax import cli
+from nws_jax import configs
 from nws_jax import files
 from nws_jax import workdir_lock
+from nws_jax.configs import presets
+from nws_jax.configs.meta import EvalOptions, MetaConfig
 
 FLAGS = flags.FLAGS
 
@@ -52,38 +56,13 @@ flags.DEFINE_bool('scan_nans', False, 'Read every release weight file once befor
                   'find non-finite values (slower; without it they are caught in the slices read, '
                   'which fails the run).')
 flags.DEFINE_string('workdir', None, 'Directory of the meta-classifier run (must be empty).')
-flags.DEFINE_list('properties', [], 'Properties to recover, comma-separated (default: every '
-                  'property that varies in the zoo).')
-flags.DEFINE_integer('slice_length', 5000, 'Consecutive weights per slice (the study: 5000).')
-flags.DEFINE_enum('part', 'all', ['all', 'conv', 'dense'],
-                  'Where slices come from: the whole vector, the conv part or the dense part.')
 flags.DEFINE_string('snapshots', '11-20', 'Snapshot numbers to train on, FIRST-LAST or N (1-20).')
-flags.DEFINE_integer('epochs', 50, 'Epochs over the meta-training snapshots (the study: 50).')
-flags.DEFINE_integer('batch_size', 64, 'Slices per step (the study: 64).')
-flags.DEFINE_float('learning_rate', 1e-3, 'Adam learning rate (the study: 1e-3).')
-flags.DEFINE_list('dense_widths', ['1024', '1024', '1024', '1024', '64'],
-                  'Widths of the dense layers (the study: 1024,1024,1024,1024,64).')
-flags.DEFINE_list('conv_widths', [], 'Widths of the conv layers (default: the study\'s '
-                  'cnn1D_small, 8,16,32,64,128,256 and six more 256s; for slices over 40,000 '
-                  'its cnn1D, 15 layers, which takes no other count). Any count keeps '
-                  'cnn1D_small\'s pooling (pools after conv 1, 2 and 4, one before each conv '
-                  'past the 6th while the length is above 50, and a final one).')
-flags.DEFINE_enum('bn_eval', 'batch', ['batch', 'moving'], 'Batch norm at evaluation: the '
-                  'evaluated batch\'s statistics (the study\'s; outputs depend on which slices '
-                  'share a batch of --batch_size) or the moving averages.')
-flags.DEFINE_integer('seed', 0, 'Seed of the split, the initialisation and the slices.')
-flags.DEFINE_float('test_fraction', 0.2, 'Share of the models held out as meta-test models.')
-flags.DEFINE_float('valid_fraction', 0.1, 'Share of the other models used for validation.')
-flags.DEFINE_bool('include_failed', False, 'Keep models flagged failed in models.csv (test '
-                  'accuracy below 0.15, or diverged); by default they are left out, as the '
-                  'release left its failed nets out. Release nets carry no such flag.')
-flags.DEFINE_integer('ensemble_slices', 20, 'Random slices per test snapshot for the accuracy '
-                     'table and the votes.')
-flags.DEFINE_integer('positions', 100, 'Evenly spaced slice positions for position.csv.')
-flags.DEFINE_integer('snapshot_slices', 4, 'Random slices per snapshot for snapshot.csv and '
-                     'part.csv.')
-flags.DEFINE_bool('baseline', True, 'Also fit the gradient-boosted-tree baseline.')
-flags.DEFINE_integer('baseline_threads', 1, 'OpenMP threads of the baseline\'s tree fits.')
+flags.DEFINE_enum('preset', None, list(presets.META), 'Start from a named run (configs/presets.py: '
+                  "the README's main job, the notebooks' tiny run); flags given on the command "
+                  'line override its knobs.')
+# One flag per knob of the run's configuration and evaluations, with its help (configs/meta.py).
+configs.define_flags(MetaConfig)
+configs.define_flags(EvalOptions)
 flags.DEFINE_bool('evaluate_only', False, 'Re-run the evaluations of the run in --workdir from '
                   'its checkpoint, without training.')
 flags.DEFINE_bool('overwrite', False, 'Delete a non-empty workdir and start again.')
@@ -91,7 +70,6 @@ flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 
 
 _fail = functools.partial(cli.fail, 'train_meta')
-_int_list = functools.partial(cli.int_list, 'train_meta')
 
 
 def main(argv):
@@ -108,30 +86,27 @@ def main(argv):
   from nws_jax.meta import slices as slices_lib
   from nws_jax.meta import source as source_lib
   from nws_jax.meta import store
-  from nws_jax.meta import train as train_lib
 
-  option_flags = ('ensemble_slices', 'positions', 'snapshot_slices', 'baseline',
-                  'baseline_threads')
   try:
     # One writer per workdir: a second train_meta on it is refused before anything.
     with workdir_lock.hold(FLAGS.workdir, 'train_meta'):
       if FLAGS.evaluate_only:
         # The run's saved evaluation options, except where a flag is given.
-        changed = {name: FLAGS[name].value for name in option_flags if FLAGS[name].present}
+        changed = {name: FLAGS[name].value for name in configs.given(EvalOptions)}
         if FLAGS.nws_csv:
           _fail('--evaluate_only reads the nets the run was trained on, or another --zoo')
         results = pipeline.evaluate_workdir(FLAGS.workdir, options=changed, zoo_dir=FLAGS.zoo)
       else:
         first, last = slices_lib.parse_snapshot_range(FLAGS.snapshots)
-        config = train_lib.MetaConfig(
-            properties=tuple(FLAGS.properties) or None, slice_length=FLAGS.slice_length,
-            part=FLAGS.part, first_snapshot=first, last_snapshot=last, epochs=FLAGS.epochs,
-            batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
-            conv_widths=_int_list('conv_widths') or None, dense_widths=_int_list('dense_widths'),
-            seed=FLAGS.seed, test_fraction=FLAGS.test_fraction,
-            valid_fraction=FLAGS.valid_fraction, include_failed=FLAGS.include_failed,
-            bn_eval=FLAGS.bn_eval)
-        options = pipeline.EvalOptions(**{name: FLAGS[name].value for name in option_flags})
+        if FLAGS.preset is None:
+          config = configs.from_flags(MetaConfig, first_snapshot=first, last_snapshot=last)
+          options = configs.from_flags(EvalOptions)
+        else:
+          config, options = presets.META[FLAGS.preset]
+          config = dataclasses.replace(config, **configs.overrides(MetaConfig))
+          if FLAGS['snapshots'].present:
+            config = dataclasses.replace(config, first_snapshot=first, last_snapshot=last)
+          options = dataclasses.replace(options, **configs.overrides(EvalOptions))
         if FLAGS.nws_csv:
           source = source_lib.from_release(FLAGS.nws_csv, FLAGS.nws_test_csv,
                                            on_damaged=FLAGS.on_damaged, scan_nans=FLAGS.scan_nans,

@@ -41,7 +41,7 @@ def build_crashing_after(config, workdir, rounds, check=None, **options):
   check(result), when given, sees that round's result."""
   import pytest
   from nws_jax.zoo import builder as zoo_builder
-  save = zoo_builder._StateCheckpointer.save
+  save = zoo_builder.StateCheckpointer.save
 
   def save_then_crash(self, done, result):
     save(self, done, result)
@@ -52,7 +52,7 @@ def build_crashing_after(config, workdir, rounds, check=None, **options):
       raise KeyboardInterrupt(f'simulated crash after round {rounds}')
 
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(zoo_builder._StateCheckpointer, 'save', save_then_crash)
+    patch.setattr(zoo_builder.StateCheckpointer, 'save', save_then_crash)
     with pytest.raises(KeyboardInterrupt):
       zoo_builder.build_zoo(config, workdir, **options)
 

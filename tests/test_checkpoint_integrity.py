@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent('''
           rounds=1)
 
     directory = sys.argv[1]
-    checkpointer = zoo_builder._StateCheckpointer(directory)
+    checkpointer = zoo_builder.StateCheckpointer(directory)
     checkpointer.save(1, result(100, 1.0))
     checkpointer.wait()
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

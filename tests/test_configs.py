@@ -75,10 +75,14 @@ def test_presets_are_valid_and_the_studies_and_notebooks_use_them():
   assert presets.PAPER.num_train is None and presets.PAPER.eval_size is None  # whole datasets
   assert presets.PAPER.max_epochs == 1000 and presets.PAPER.min_epochs == 20
   assert presets.PAPER_MIXED.architecture == 'random' and presets.TINY_MIXED.num_models == 16
-  from nws_jax.study import notebook, scale
-  assert scale.SCALES['tiny'].fixed_zoo is presets.TINY
-  assert scale.SCALES['paper'].mixed_zoo is presets.PAPER_MIXED
+  from nws_jax.study import notebook
+  for scale in presets.SCALES.values():
+    for config in (scale.fixed_zoo, scale.mixed_zoo, scale.meta, scale.options):
+      config.validate()
+  assert presets.SCALES['tiny'].fixed_zoo is presets.TINY
+  assert presets.SCALES['paper'].mixed_zoo is presets.PAPER_MIXED
   assert notebook.tiny_zoo_config() is presets.NOTEBOOK
+  assert notebook.tiny_meta_config() is presets.NOTEBOOK_META
   assert presets.ZOO['main'].architecture in space.ARCHITECTURE_MODES
 
 
@@ -109,3 +113,65 @@ def test_resume_refuses_a_changed_knob_from_a_flag_or_a_preset(tmp_path):
       f'train_zoo: error: cannot resume {tmp_path} with --preset=main: it sets num_models=64, '
       'and the zoo was started with num_models=32 (leave --preset out)')
   assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_meta_knobs_are_flags_with_int_lists_and_empty_lists_as_none():
+  from nws_jax.configs.meta import EvalOptions, MetaConfig
+  values = flags.FlagValues()
+  configs.define_flags(MetaConfig, values)
+  configs.define_flags(EvalOptions, values)
+  assert 'snapshots' not in values and 'variant' not in values and 'valid_slices' not in values
+  values(['prog'])
+  assert configs.from_flags(MetaConfig, values) == MetaConfig()
+  assert configs.from_flags(EvalOptions, values) == EvalOptions()
+  values(['prog', '--conv_widths=4,8', '--dense_widths=16', '--properties=optimizer',
+          '--positions=7', '--nobaseline'])
+  config = configs.from_flags(MetaConfig, values, first_snapshot=1, last_snapshot=5)
+  assert config == MetaConfig(conv_widths=(4, 8), dense_widths=(16,), properties=('optimizer',),
+                              first_snapshot=1, last_snapshot=5)
+  assert configs.from_flags(EvalOptions, values) == EvalOptions(positions=7, baseline=False)
+  assert configs.given(EvalOptions, values) == ['positions', 'baseline']
+  values['conv_widths'].parse('4,x')
+  with pytest.raises(ValueError, match='--conv_widths must be comma-separated integers, got 4,x'):
+    configs.from_flags(MetaConfig, values)
+
+
+@pytest.mark.parametrize('change,message', [
+    (dict(epochs=0), 'epochs must be at least 1, got 0'),
+    (dict(part='middle'), "unknown part 'middle'; choose from: all, conv, dense"),
+    (dict(bn_eval='running'), "unknown bn_eval 'running'; choose from: batch, moving"),
+    (dict(learning_rate=float('nan')), 'learning_rate must be a positive number'),
+    (dict(valid_slices=0), 'valid_slices must be at least 1'),
+])
+def test_meta_validation_names_the_bad_knob(change, message):
+  from nws_jax.configs.meta import MetaConfig
+  with pytest.raises(ValueError, match=message.replace('(', r'\(')):
+    dataclasses.replace(MetaConfig(slice_length=500), **change).validate()
+
+
+def _readme_flags(command: str) -> list[str]:
+  """The knob flags of `python -m nws_jax.<command>` in the README's first fresh-machine line."""
+  import os
+  import shlex
+  readme = open(os.path.join(os.path.dirname(__file__), '..', 'README.md')).read()
+  line = next(l for l in readme.splitlines() if 'nws_jax.train_meta' in l and 'pip install' in l)
+  words = shlex.split(line)
+  start = words.index(f'nws_jax.{command}') + 1
+  end = words.index('&&', start) if '&&' in words[start:] else len(words)
+  skip = ('--workdir', '--zoo', '--overwrite')
+  return [w for w in words[start:end] if not w.startswith(skip)]
+
+
+def test_the_readme_main_job_is_the_main_presets():
+  """The README's two commands and `--preset=main` run the same zoo and meta-classifier."""
+  from nws_jax.configs.meta import EvalOptions, MetaConfig
+  values = flags.FlagValues()
+  configs.define_flags(ZooConfig, values)
+  values(['prog', *_readme_flags('train_zoo')])
+  assert configs.from_flags(ZooConfig, values) == presets.MAIN
+  values = flags.FlagValues()
+  configs.define_flags(MetaConfig, values)
+  configs.define_flags(EvalOptions, values)
+  values(['prog', *_readme_flags('train_meta')])
+  assert (configs.from_flags(MetaConfig, values), configs.from_flags(EvalOptions, values)) \
+      == presets.META['main']

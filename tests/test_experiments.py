@@ -181,11 +181,11 @@ def test_bad_flags_exit_2_and_create_nothing(tmp_path, synthetic_zoo_dir, name, 
 
 def test_workdirs_and_zoos_that_cannot_be_used_are_refused(tmp_path, synthetic_zoo_dir):
   from nws_jax.study import runner
-  from nws_jax.study import scale as scale_lib
+  from nws_jax.configs import presets
 
   def refused(workdir, message, zoos=None, **flags):
     with pytest.raises(runner.StudyError, match=message):
-      runner.open_study('where', scale_lib.TINY, str(workdir), settings={},
+      runner.open_study('where', presets.TINY_SCALE, str(workdir), settings={},
                         zoos=zoos or {'fixed': synthetic_zoo_dir}, **flags)
 
   zoo_state = file_state(synthetic_zoo_dir)
@@ -248,7 +248,7 @@ def test_a_study_builds_each_zoo_once_and_continues_an_interrupted_one(tmp_path,
   that holds a zoo's config (an interrupted build) and restarts one that does not."""
   from nws_jax.zoo import builder as zoo_builder
   from nws_jax.study import runner
-  from nws_jax.study import scale as scale_lib
+  from nws_jax.configs import presets
 
   calls = []
 
@@ -258,7 +258,7 @@ def test_a_study_builds_each_zoo_once_and_continues_an_interrupted_one(tmp_path,
     open(os.path.join(path, 'models.csv'), 'w').close()
 
   monkeypatch.setattr(zoo_builder, 'build_zoo', fake_build)
-  study = runner.open_study('where', scale_lib.TINY, str(tmp_path / 'study'), settings={},
+  study = runner.open_study('where', presets.TINY_SCALE, str(tmp_path / 'study'), settings={},
                             progress=False)
   assert study.zoo('fixed') == str(tmp_path / 'study' / 'zoo_fixed')
   assert study.zoo('fixed') == str(tmp_path / 'study' / 'zoo_fixed')  # finished: reused
@@ -361,10 +361,10 @@ def test_a_resumed_study_removes_only_the_marked_hidden_folders_of_killed_meta_r
     synthetic_zoo_dir, tmp_path):
   from nws_jax import files
   from nws_jax.study import runner
-  from nws_jax.study import scale as scale_lib
+  from nws_jax.configs import presets
 
   def open_study(resume):
-    return runner.open_study('where', scale_lib.TINY, str(tmp_path / 'study'), settings={},
+    return runner.open_study('where', presets.TINY_SCALE, str(tmp_path / 'study'), settings={},
                              zoos={'fixed': synthetic_zoo_dir}, resume=resume, progress=False)
 
   open_study(resume=False)

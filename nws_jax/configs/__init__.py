@@ -11,8 +11,9 @@ default); `from_flags(ZooConfig)` builds the config from the parsed flags; `chec
 ValueError, one line, for a value outside its knob's choices or below its minimum;
 `given(ZooConfig)` lists the knobs set on the command line (what `--resume` compares with the
 saved config). A flag's type follows the field's: int, float, bool, str (an enum when the knob
-has choices) or tuple[str, ...] (a comma-separated list); `X | None` allows None (the flag's
-value None, or 0 with `zero_is_none`). Light on purpose (no JAX): --help stays fast.
+has choices) or tuple[str, ...] / tuple[int, ...] (a comma-separated list); `X | None` allows
+None (the flag's value None; 0 with `zero_is_none`; an empty list for a list whose default is
+None). Light on purpose (no JAX): --help stays fast.
 """
 
 from __future__ import annotations
@@ -45,43 +46,60 @@ def knobs(cls) -> list[dataclasses.Field]:
   return [f for f in dataclasses.fields(cls) if 'help' in f.metadata]
 
 
+def _annotation(field: dataclasses.Field) -> str:
+  return field.type if isinstance(field.type, str) else getattr(field.type, '__name__', '')
+
+
 def _kind(field: dataclasses.Field) -> str:
   """'int', 'float', 'bool', 'str' or 'list': the flag type of a knob, from its annotation."""
-  annotation = field.type if isinstance(field.type, str) else getattr(field.type, '__name__', '')
+  annotation = _annotation(field)
   base = annotation.split('|')[0].strip()
-  if base.startswith('tuple'):
+  if base in ('tuple[str, ...]', 'tuple[int, ...]'):
     return 'list'
   if base not in ('int', 'float', 'bool', 'str'):
     raise TypeError(f'knob {field.name}: unsupported type {annotation!r}')
   return base
 
 
-def define_flags(cls, flag_values: flags.FlagValues = flags.FLAGS,
-                 defaults: dict | None = None) -> None:
-  """Defines one absl flag per knob of `cls`, with the knob's help and default (or the value in
-  `defaults`, a command's own starting point)."""
+def define_flags(cls, flag_values: flags.FlagValues = flags.FLAGS, *,
+                 names: Sequence[str] | None = None, rename: dict | None = None,
+                 overrides: str | None = None) -> None:
+  """Defines one absl flag per knob of `cls` (or per knob in `names`), with the knob's help and
+  default, named as the knob or as `rename` says (knob -> flag name, where two configs of one
+  command share a knob's name). overrides: the flags change a preset, so each defaults to None
+  (keep the preset's value) and its help starts with this label (e.g. 'Zoo training')."""
   for field in knobs(cls):
+    if names is not None and field.name not in names:
+      continue
     meta, kind = field.metadata, _kind(field)
-    default = (defaults or {}).get(field.name, field.default)
-    text = meta['help']
+    name = (rename or {}).get(field.name, field.name)
+    default = None if overrides else field.default
+    text = meta['help'] if not overrides else f'{overrides}: {meta["help"]}'
     if kind == 'list':
-      flags.DEFINE_list(field.name, None if default is None else list(default), text,
-                        flag_values=flag_values)
+      listed = None if overrides else [] if default is None else [str(v) for v in default]
+      flags.DEFINE_list(name, listed, text, flag_values=flag_values)
     elif kind == 'bool':
-      flags.DEFINE_bool(field.name, default, text, flag_values=flag_values)
+      flags.DEFINE_bool(name, default, text, flag_values=flag_values)
     elif kind == 'str' and meta['choices'] is not None:
-      flags.DEFINE_enum(field.name, default, list(meta['choices']), text,
-                        flag_values=flag_values)
+      flags.DEFINE_enum(name, default, list(meta['choices']), text, flag_values=flag_values)
     elif kind == 'str':
-      flags.DEFINE_string(field.name, default, text, flag_values=flag_values)
+      flags.DEFINE_string(name, default, text, flag_values=flag_values)
     elif kind == 'int':
-      flags.DEFINE_integer(field.name, default, text, flag_values=flag_values)
+      flags.DEFINE_integer(name, default, text, flag_values=flag_values)
     else:
-      flags.DEFINE_float(field.name, default, text, flag_values=flag_values)
+      flags.DEFINE_float(name, default, text, flag_values=flag_values)
 
 
 def _from_flag(field: dataclasses.Field, value):
   if value is not None and _kind(field) == 'list':
+    if not value and field.default is None:
+      return None
+    if _annotation(field).startswith('tuple[int'):
+      try:
+        return tuple(int(v) for v in value)
+      except ValueError:
+        raise ValueError(f'--{field.name} must be comma-separated integers, got '
+                         f'{",".join(value)}') from None
     return tuple(value)
   if field.metadata['zero_is_none'] and value == 0:
     return None
@@ -92,6 +110,18 @@ def from_flags(cls, flag_values: flags.FlagValues = flags.FLAGS, **fixed):
   """An instance of `cls` from the parsed flags of its knobs (and `fixed` fields)."""
   values = {f.name: _from_flag(f, flag_values[f.name].value) for f in knobs(cls)}
   return cls(**{**values, **fixed})
+
+
+def overrides(cls, flag_values: flags.FlagValues = flags.FLAGS, *,
+              names: Sequence[str] | None = None, rename: dict | None = None) -> dict:
+  """{knob: value} of the flags that `define_flags(cls, names=, rename=, overrides=...)`
+  defined and the command line set: what to change in a preset (`dataclasses.replace`)."""
+  changes = {}
+  for field in knobs(cls):
+    name = (rename or {}).get(field.name, field.name)
+    if (names is None or field.name in names) and flag_values[name].present:
+      changes[field.name] = _from_flag(field, flag_values[name].value)
+  return changes
 
 
 def given(cls, flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:

@@ -55,12 +55,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from nws_jax import cnn
+from nws_jax.configs import meta as meta_config
 
 SMALL = 'cnn1D_small'
 DEEP = 'cnn1D'
 LEGACY = 'legacy_6layer'
 VARIANTS = (SMALL, DEEP, LEGACY)
-BN_EVAL_MODES = ('batch', 'moving')
+BN_EVAL_MODES = meta_config.BN_EVAL_MODES
 
 SMALL_CONV_WIDTHS = (8, 16, 32, 64, 128, 256) + (256,) * 6
 DEEP_CONV_WIDTHS = (8, 16, 32, 64, 128, 128, 128, 128, 128, 128, 256, 256, 256, 256, 256)
@@ -71,7 +72,7 @@ POOL_WHILE_ABOVE = 50
 LEGACY_CONV_WIDTHS = (8, 16, 32, 64, 128, 256)
 LEGACY_DEEP_EXTRA = (256, 256)  # the legacy network's two more convs for slices over 40,000
 DEEP_ABOVE = 40_000
-PROTOCOL_DENSE_WIDTHS = (1024, 1024, 1024, 1024, 64)
+PROTOCOL_DENSE_WIDTHS = meta_config.PROTOCOL_DENSE_WIDTHS
 KERNEL_SIZE = 5
 DROPOUT_RATE = 0.5
 BN_MOMENTUM = 0.9  # TensorLayer's decay: moving = 0.9 · moving + 0.1 · batch

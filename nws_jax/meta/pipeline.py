@@ -20,6 +20,7 @@ import pandas as pd
 from nws_jax import files
 from nws_jax import workdir_lock
 from nws_jax import zoo as zoo_lib
+from nws_jax.configs import meta as meta_config
 from nws_jax.meta import baseline as baseline_lib
 from nws_jax.meta import evaluate as evaluate_lib
 from nws_jax.meta import plots
@@ -31,31 +32,8 @@ from nws_jax.meta import targets as targets_lib
 from nws_jax.meta import train as train_lib
 
 
-@dataclasses.dataclass(frozen=True)
-class EvalOptions:
-  """ensemble_slices: slices per test snapshot for accuracy.csv and the votes; positions: P of
-  position.csv; snapshot_slices: slices per snapshot for snapshot.csv and part.csv; baseline:
-  whether to fit the gradient-boosted trees; baseline_slices: their slices per snapshot;
-  baseline_threads: OpenMP threads of the tree fits (scikit-learn's default, every core, spins
-  and slows down many-fold when the cores are shared, as with JAX's pool next to it)."""
-  ensemble_slices: int = 20
-  positions: int = 100
-  snapshot_slices: int = 4
-  baseline: bool = True
-  baseline_slices: int = 4
-  baseline_threads: int = 1
-
-  def to_json(self) -> dict:
-    return dataclasses.asdict(self)
-
-  def validate(self) -> None:
-    for name in ('ensemble_slices', 'positions', 'snapshot_slices', 'baseline_slices',
-                 'baseline_threads'):
-      value = getattr(self, name)
-      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f'{name} must be an integer of at least 1, got {value!r}')
-    if not isinstance(self.baseline, (bool, np.bool_)):
-      raise ValueError(f'baseline must be true or false, got {self.baseline!r}')
+# What a run evaluates is declared (knob by knob, with flags) in configs/meta.py.
+EvalOptions = meta_config.EvalOptions
 
 
 @dataclasses.dataclass

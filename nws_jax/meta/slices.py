@@ -15,7 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-PARTS = ('all', 'conv', 'dense')
+from nws_jax.configs import meta as meta_config
+
+PARTS = meta_config.PARTS
 # random_offsets scales a float32 uniform draw: exact and uniform for spans up to 2^24 weights.
 MAX_PART = 2 ** 24
 

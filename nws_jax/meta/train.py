@@ -39,6 +39,7 @@ import optax
 import pandas as pd
 
 from nws_jax import sharding
+from nws_jax.configs import meta as meta_config
 from nws_jax.sharding import SPLIT, WHOLE
 from nws_jax.meta import model as model_lib
 from nws_jax.meta import slices as slices_lib
@@ -58,88 +59,8 @@ def eval_rows_per_call(spec: model_lib.ModelSpec) -> int:
   return EVAL_CHUNK
 
 
-@dataclasses.dataclass(frozen=True)
-class MetaConfig:
-  """Everything that determines a meta-classifier run (same config and zoo -> same result).
-
-  The defaults are PROTOCOL §5's: slices of 5,000 weights anywhere in the vector, snapshots
-  11–20, Adam at 1e-3, batch 64, 50 epochs, the study's network (model.py: `cnn1D_small`, or
-  `cnn1D` for slices over 40,000 weights; dense widths 1024×4 and 64), batch norm evaluated with
-  batch statistics as the original did. properties=None trains every property that varies in
-  the zoo. conv_widths=None: the variant's own; custom widths keep the variant's pooling rule
-  (model.py). bn_eval: 'batch' (the original) or 'moving' (running averages) at evaluation.
-  variant 'legacy_6layer' is the pre-issue network: what runs saved before it read back as
-  (their config.json has no bn_eval), and the benchmark's comparison.
-  """
-  properties: tuple[str, ...] | None = None
-  slice_length: int = 5000
-  part: str = 'all'
-  first_snapshot: int = 11
-  last_snapshot: int = 20
-  epochs: int = 50
-  batch_size: int = 64
-  learning_rate: float = 1e-3
-  conv_widths: tuple[int, ...] | None = None  # None: PROTOCOL §5's for the slice length
-  dense_widths: tuple[int, ...] = model_lib.PROTOCOL_DENSE_WIDTHS
-  seed: int = 0
-  test_fraction: float = 0.2
-  valid_fraction: float = 0.1
-  valid_slices: int = 4
-  include_failed: bool = False  # False: models flagged failed are left out, as the release did
-  bn_eval: str = 'batch'
-  variant: str | None = None  # None: the study's for the slice length (model.variant_for)
-
-  @property
-  def slice_spec(self) -> slices_lib.SliceSpec:
-    return slices_lib.SliceSpec(self.slice_length, self.part, self.first_snapshot,
-                                self.last_snapshot)
-
-  def validate(self) -> None:
-    """Raises ValueError (one line) for values no zoo could run with."""
-    for name in ('epochs', 'batch_size', 'valid_slices', 'slice_length'):
-      if getattr(self, name) < 1:
-        raise ValueError(f'{name} must be at least 1, got {getattr(self, name)}')
-    if not 0 < self.learning_rate < float('inf'):  # NaN too
-      raise ValueError(f'learning_rate must be a positive number, got {self.learning_rate}')
-    if self.seed < 0:
-      raise ValueError(f'seed must be non-negative, got {self.seed}')
-    if self.seed >= 2 ** 32:  # jax.random.key keeps 32 bits: 2**32 would act as 0
-      raise ValueError(f'seed must be below 2**32, got {self.seed}')
-    if self.part not in slices_lib.PARTS:
-      raise ValueError(f'unknown part {self.part!r}; choose from: ' + ', '.join(slices_lib.PARTS))
-    if not self.dense_widths or min(self.dense_widths) < 1:
-      raise ValueError(f'dense_widths must be positive widths, got {self.dense_widths}')
-    if self.bn_eval not in model_lib.BN_EVAL_MODES:
-      raise ValueError(f'unknown bn_eval {self.bn_eval!r}; choose from: '
-                       + ', '.join(model_lib.BN_EVAL_MODES))
-    model_lib.check_layout(self.variant_used, self.conv_widths_used, self.slice_length)
-    if self.variant_used == model_lib.LEGACY and self.bn_eval != 'moving':
-      raise ValueError(f'the {model_lib.LEGACY} meta-classifier evaluates with bn_eval=moving')
-
-  @property
-  def variant_used(self) -> str:
-    """The meta-classifier variant: `variant`, or the study's for the slice length."""
-    return self.variant or model_lib.variant_for(self.slice_length)
-
-  @property
-  def conv_widths_used(self) -> tuple[int, ...]:
-    return (tuple(self.conv_widths) if self.conv_widths is not None
-            else model_lib.conv_widths_for(self.slice_length, self.variant_used))
-
-  def to_json(self) -> dict:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_json(cls, d: dict) -> 'MetaConfig':
-    d = dict(d)
-    if 'drop_failed' in d:  # saved before include_failed: failed models were used unless dropped
-      d.setdefault('include_failed', not d.pop('drop_failed'))
-    if 'bn_eval' not in d:  # saved before the study's network: the pre-issue one
-      d.update(bn_eval='moving', variant=model_lib.LEGACY)
-    for name in ('properties', 'conv_widths', 'dense_widths'):
-      if d.get(name) is not None:
-        d[name] = tuple(d[name])
-    return cls(**d)
+# A run's configuration is declared (knob by knob, with flags and validation) in configs/meta.py.
+MetaConfig = meta_config.MetaConfig
 
 
 @dataclasses.dataclass

@@ -17,7 +17,10 @@ import sys
 from absl import flags
 
 from nws_jax import cli
+from nws_jax import configs
 from nws_jax import workdir_lock
+from nws_jax.configs.meta import EvalOptions, MetaConfig
+from nws_jax.configs.zoo import ZooConfig
 
 FLAGS = flags.FLAGS
 
@@ -35,41 +38,20 @@ flags.DEFINE_bool('resume', False, 'Continue the study in --workdir (same flags)
 flags.DEFINE_bool('overwrite', False, 'Delete the study in --workdir first (only a study\'s '
                   'workdir).')
 flags.DEFINE_bool('progress', True, 'Show progress bars.')
-# Overrides of the preset (unset: the scale's value).
-flags.DEFINE_integer('num_models', None, 'Models per zoo built (both kinds).')
-flags.DEFINE_integer('max_epochs', None, 'Zoo training: most epochs.')
-flags.DEFINE_integer('min_epochs', None, 'Zoo training: no early stop before this epoch.')
-flags.DEFINE_integer('num_train', None, 'Zoo training: examples per dataset.')
-flags.DEFINE_integer('eval_size', None, 'Zoo training: cap of the evaluation sets.')
-flags.DEFINE_list('datasets', None, 'Zoo training: datasets (offline: digits,shapes,gratings).')
-flags.DEFINE_string('data_dir', None, 'TFDS data directory (prepared datasets).')
-flags.DEFINE_integer('zoo_seed', None, 'Seed of the zoos built.')
-flags.DEFINE_integer('slice_length', None, 'Meta-classifiers: weights per slice.')
-flags.DEFINE_integer('meta_epochs', None, 'Meta-classifiers: training epochs.')
+# Overrides of the preset (unset: the scale's value), one per knob of the configs they change.
+_ZOO_KNOBS = ('num_models', 'max_epochs', 'min_epochs', 'num_train', 'eval_size', 'datasets',
+              'data_dir', 'seed')
+_ZOO_NAMES = {'seed': 'zoo_seed'}
+_META_KNOBS = ('slice_length', 'epochs', 'batch_size', 'learning_rate', 'conv_widths',
+               'dense_widths', 'seed')
+_META_NAMES = {'epochs': 'meta_epochs'}
+_EVAL_KNOBS = ('ensemble_slices', 'positions', 'snapshot_slices', 'baseline')
+configs.define_flags(ZooConfig, names=_ZOO_KNOBS, rename=_ZOO_NAMES,
+                     overrides='Zoo training (both zoos)')
+configs.define_flags(MetaConfig, names=_META_KNOBS, rename=_META_NAMES,
+                     overrides='Meta-classifiers')
 flags.DEFINE_string('snapshots', None, 'Meta-classifiers: snapshots trained on, FIRST-LAST.')
-flags.DEFINE_integer('batch_size', None, 'Meta-classifiers: slices per step.')
-flags.DEFINE_float('learning_rate', None, 'Meta-classifiers: Adam learning rate.')
-flags.DEFINE_list('conv_widths', None, 'Meta-classifiers: conv widths (empty: PROTOCOL §5\'s).')
-flags.DEFINE_list('dense_widths', None, 'Meta-classifiers: dense widths.')
-flags.DEFINE_integer('seed', None, 'Meta-classifiers: seed of the split, weights and slices.')
-flags.DEFINE_integer('ensemble_slices', None, 'Evaluation: slices per test snapshot (votes).')
-flags.DEFINE_integer('positions', None, 'Evaluation: slice positions over the vector.')
-flags.DEFINE_integer('snapshot_slices', None, 'Evaluation: slices per snapshot number and part.')
-flags.DEFINE_bool('baseline', None, 'Evaluation: fit the gradient-boosted-tree baselines.')
-
-
-def _given(name: str):
-  return FLAGS[name].value if FLAGS[name].present else None
-
-
-def _replace(obj, **changes):
-  return dataclasses.replace(obj, **{k: v for k, v in changes.items() if v is not None})
-
-
-def _ints(prog: str, name: str):
-  if not FLAGS[name].present:
-    return None
-  return cli.int_list(prog, name)
+configs.define_flags(EvalOptions, names=_EVAL_KNOBS, overrides='Evaluation')
 
 
 def choices(prog: str, name: str, allowed) -> list[str]:
@@ -82,38 +64,30 @@ def choices(prog: str, name: str, allowed) -> list[str]:
   return values
 
 
-def scale_from_flags(prog: str):
-  """The preset of --scale with every override flag given applied."""
+def scale_from_flags():
+  """The preset of --scale with every override flag given applied (ValueError, one line, for a
+  value that cannot run)."""
   from nws_jax.meta import slices as slices_lib
-  from nws_jax.study import scale as scale_lib
+  from nws_jax.configs import presets
 
-  preset = scale_lib.SCALES[FLAGS.scale]
-  zoo = dict(num_models=_given('num_models'), max_epochs=_given('max_epochs'),
-             min_epochs=_given('min_epochs'), num_train=_given('num_train'),
-             eval_size=_given('eval_size'), data_dir=_given('data_dir'), seed=_given('zoo_seed'),
-             datasets=tuple(FLAGS.datasets) if FLAGS['datasets'].present else None)
-  if zoo['max_epochs'] is not None and zoo['min_epochs'] is None:
+  preset = presets.SCALES[FLAGS.scale]
+  zoo = configs.overrides(ZooConfig, names=_ZOO_KNOBS, rename=_ZOO_NAMES)
+  if 'max_epochs' in zoo and 'min_epochs' not in zoo:
     # A shorter run than the preset's still trains every epoch it is given.
     zoo['min_epochs'] = min(preset.fixed_zoo.min_epochs, zoo['max_epochs'])
-  first = last = None
+  meta = configs.overrides(MetaConfig, names=_META_KNOBS, rename=_META_NAMES)
   if FLAGS['snapshots'].present:
     first, last = slices_lib.parse_snapshot_range(FLAGS.snapshots)
     if not 1 <= first <= last:
       raise ValueError(f'--snapshots {FLAGS.snapshots}: snapshots are numbered from 1, FIRST '
                        'before LAST')
-  conv = _ints(prog, 'conv_widths')
-  meta = _replace(preset.meta, slice_length=_given('slice_length'), epochs=_given('meta_epochs'),
-                  first_snapshot=first, last_snapshot=last, batch_size=_given('batch_size'),
-                  learning_rate=_given('learning_rate'), dense_widths=_ints(prog, 'dense_widths'),
-                  seed=_given('seed'))
-  if conv is not None:
-    meta = dataclasses.replace(meta, conv_widths=conv or None)
-  options = _replace(preset.options, ensemble_slices=_given('ensemble_slices'),
-                     positions=_given('positions'), snapshot_slices=_given('snapshot_slices'),
-                     baseline=_given('baseline'))
-  scale = dataclasses.replace(preset, fixed_zoo=_replace(preset.fixed_zoo, **zoo),
-                              mixed_zoo=_replace(preset.mixed_zoo, **zoo), meta=meta,
-                              options=options)
+    meta.update(first_snapshot=first, last_snapshot=last)
+  scale = dataclasses.replace(
+      preset, fixed_zoo=dataclasses.replace(preset.fixed_zoo, **zoo),
+      mixed_zoo=dataclasses.replace(preset.mixed_zoo, **zoo),
+      meta=dataclasses.replace(preset.meta, **meta),
+      options=dataclasses.replace(preset.options, **configs.overrides(EvalOptions,
+                                                                      names=_EVAL_KNOBS)))
   for config in (scale.fixed_zoo, scale.mixed_zoo, scale.meta, scale.options):
     config.validate()
   return scale
@@ -135,7 +109,7 @@ def run(name: str, title: str, argv, settings: dict, study_fn: str, *args) -> No
   try:
     # One writer per study workdir: a second study on it is refused before any check.
     with workdir_lock.hold(FLAGS.workdir, name):
-      scale = scale_from_flags(name)
+      scale = scale_from_flags()
       study = runner.open_study(name, scale, FLAGS.workdir, settings=settings,
                                 zoos={'fixed': FLAGS.fixed_zoo, 'mixed': FLAGS.mixed_zoo},
                                 resume=FLAGS.resume, overwrite=FLAGS.overwrite,

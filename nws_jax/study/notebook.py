@@ -52,17 +52,10 @@ def tiny_zoo_config():
 
 
 def tiny_meta_config():
-  """(MetaConfig, EvalOptions) of the tiny meta-classifier run: 200-weight slices of all 20
-  snapshots, 3 epochs, a small network, failed models kept (a 3-epoch zoo's are mostly failed);
-  few slices per evaluation."""
-  from nws_jax.meta import pipeline
-  from nws_jax.meta import train
-  config = train.MetaConfig(slice_length=200, epochs=3, conv_widths=(8, 16, 16, 16),
-                            dense_widths=(64,), first_snapshot=1, last_snapshot=20,
-                            include_failed=True)
-  options = pipeline.EvalOptions(ensemble_slices=4, positions=10, snapshot_slices=2,
-                                 baseline=True, baseline_slices=2)
-  return config, options
+  """(MetaConfig, EvalOptions) of the tiny meta-classifier run (`configs.presets.NOTEBOOK_META`):
+  200-weight slices of all 20 snapshots, 3 epochs, a small network, failed models kept."""
+  from nws_jax.configs import presets
+  return presets.NOTEBOOK_META
 
 
 def zoo_path() -> str:

@@ -37,7 +37,7 @@ from nws_jax.meta import pipeline
 from nws_jax.meta import source as source_lib
 from nws_jax.meta import store
 from nws_jax.meta import train as train_lib
-from nws_jax.study import scale as scale_lib
+from nws_jax.configs import study as study_config
 
 STUDY_FILE = 'study.json'
 STEPS_FILE = 'steps.json'  # seconds each zoo and meta run took when it was built
@@ -125,7 +125,7 @@ class MetaResult:
 class Study:
   """A study run in `workdir` at `scale` (see `open_study`)."""
 
-  def __init__(self, name: str, scale: scale_lib.Scale, workdir: str, zoos: dict[str, str],
+  def __init__(self, name: str, scale: study_config.Scale, workdir: str, zoos: dict[str, str],
                progress: bool):
     self.name = name
     self.scale = scale
@@ -217,7 +217,7 @@ def check_zoo(path: str, kind: str) -> str:
   return os.path.abspath(path)
 
 
-def open_study(name: str, scale: scale_lib.Scale, workdir: str, *, settings: dict,
+def open_study(name: str, scale: study_config.Scale, workdir: str, *, settings: dict,
                zoos: dict[str, str | None] | None = None, resume: bool = False,
                overwrite: bool = False, progress: bool = True) -> Study:
   """Checks everything, then prepares `workdir` for study `name` and returns the Study.

@@ -22,7 +22,7 @@ from nws_jax.meta import slices as slices_lib
 from nws_jax.study import figures
 from nws_jax.study import report
 from nws_jax.study import runner
-from nws_jax.study import scale as scale_lib
+from nws_jax.configs import study as study_config
 
 Sections = list[tuple[str, str]]
 
@@ -182,7 +182,7 @@ def slice_length(study: runner.Study, kind: str, lengths: Sequence[int]) -> Sect
   whole = int((table['weightn_conv'] + table['weightn_fc']).min())
   rows, notes = [], []
   for length in lengths:
-    length = whole if length == scale_lib.WHOLE else int(length)
+    length = whole if length == study_config.WHOLE else int(length)
     if length > whole:
       notes.append(f'- {length} weights: longer than the shortest vector ({whole}), not run')
       continue

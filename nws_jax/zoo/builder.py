@@ -277,7 +277,7 @@ def started_with(config: ZooConfig, trainer: trainer_lib.ZooTrainer) -> np.ndarr
   return np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8).copy()
 
 
-class _StateCheckpointer:
+class StateCheckpointer:
   """Saves the whole training state after a round (async), for --resume: every model's
   parameters, optimizer and batch-norm state (their RNG keys derive from the seed, model id and
   epoch, and the data order from those too, so the epoch is the position in the data), the
@@ -411,7 +411,7 @@ def _build_zoo(config: ZooConfig, workdir: str, *, resume: bool = False, overwri
                                'processes': jax.process_count()},
                               os.path.join(folder, zoo_lib.CONFIG_FILE))
   exports = snapshots_lib.ExportWriter(os.path.join(folder, zoo_lib.EXPORTS_DIR))
-  checkpointer = _StateCheckpointer(os.path.join(folder, zoo_lib.STATE_DIR),
+  checkpointer = StateCheckpointer(os.path.join(folder, zoo_lib.STATE_DIR),
                                     started_with(config, trainer))
   try:
     restored = checkpointer.restore(trainer) if resuming else None
