@@ -36,6 +36,7 @@ from nws_jax import input_pipeline
 from nws_jax import packing as packing_lib
 from nws_jax import sharding
 from nws_jax import space
+from nws_jax.configs import zoo as zoo_config
 from nws_jax.zoo import programs as programs_lib
 from nws_jax.zoo import schedule as schedule_lib
 from nws_jax.zoo import step
@@ -85,6 +86,16 @@ class TrainConfig:
   compact: bool = False
   max_programs: int | None = None
   bn_eval: str = 'original'
+
+  def validate(self) -> None:
+    """Raises ValueError (one line) for a value the trainer cannot run: the knobs it shares with
+    the zoo job are checked by their declarations there (configs/zoo.py)."""
+    zoo_config.ZooConfig(**{name: getattr(self, name) for name in _ZOO_KNOBS}).validate()
+
+
+# The knobs a TrainConfig shares with the zoo job's configuration (checked by its rules).
+_ZOO_KNOBS = ('seed', 'conv_impl', 'steps_per_call', 'packing', 'slots_per_group', 'compact',
+              'max_programs', 'bn_eval')
 
 
 def default_conv_impl() -> str:
@@ -158,10 +169,7 @@ class ZooTrainer:
     which zoos of one process with equal shapes share)."""
     if len(configs) != len(model_ids):
       raise ValueError('configs and model_ids differ in length')
-    if cfg.slots_per_group is not None and cfg.slots_per_group < 1:
-      raise ValueError(f'slots_per_group must be at least 1, got {cfg.slots_per_group}')
-    if cfg.max_programs is not None and cfg.max_programs < 1:
-      raise ValueError(f'max_programs must be at least 1, got {cfg.max_programs}')
+    cfg.validate()
     self.configs = list(configs)
     self.model_ids = np.asarray(model_ids)
     self.mesh = sharding.model_mesh() if mesh is None else mesh
@@ -169,16 +177,8 @@ class ZooTrainer:
     self.data = sharding.put_replicated(data, self.mesh)
     self.cfg = cfg
     self.conv_impl = default_conv_impl() if cfg.conv_impl == 'auto' else cfg.conv_impl
-    if self.conv_impl not in cnn.CONV_IMPLS:
-      raise ValueError(f'unknown conv_impl {cfg.conv_impl!r}')
-    if cfg.packing not in packing_lib.PACKINGS:
-      raise ValueError(f'unknown packing {cfg.packing!r}; choose from: '
-                       + ', '.join(packing_lib.PACKINGS))
     if cfg.packing != 'exact':
       packing_lib.check_random_draws()
-    if cfg.bn_eval not in step.BN_EVALS:
-      raise ValueError(f'unknown bn_eval {cfg.bn_eval!r}; choose from: '
-                       + ', '.join(step.BN_EVALS))
     index = {name: i for i, name in enumerate(dataset_names)}
     own = [cnn.Architecture(*c.architecture) for c in self.configs]
     buckets = {}
