@@ -333,6 +333,35 @@ def test_a_sigterm_that_lands_in_a_gc_callback_still_stops_the_run():
   assert sent
 
 
+def test_a_sigterm_that_lands_in_a_weakref_callback_is_sent_again():
+  """A weak reference's callback (JAX's caches are WeakKeyDictionaries) swallows what it raises,
+  as a gc callback does: a SIGTERM handled while one runs must be delivered again."""
+  import weakref
+  from nws_jax.study import runner
+
+  class Key:
+    pass
+
+  frames = []
+
+  def profile(frame, event, arg):
+    del arg
+    if event == 'call' and frame.f_code.co_filename == weakref.__file__:
+      frames.append(frame)
+
+  cache, key = weakref.WeakKeyDictionary(), Key()
+  cache[key] = 1
+  sys.setprofile(profile)
+  try:
+    del key  # WeakKeyDictionary's remove() runs as the key's weakref callback
+    gc.collect()
+  finally:
+    sys.setprofile(None)
+  assert frames and not cache
+  assert all(runner._swallows_exceptions(frame) for frame in frames)
+  assert not runner._swallows_exceptions(sys._getframe())
+
+
 def test_a_meta_run_marks_its_hidden_folder_from_the_start(synthetic_zoo_dir, tmp_path,
                                                            monkeypatch):
   """What a meta run killed while training leaves is recognisable as ours (its marker file)."""

@@ -26,6 +26,8 @@ import signal
 import sys
 import threading
 import time
+import weakref
+import _weakrefset
 
 import pandas as pd
 
@@ -87,15 +89,21 @@ def _sigterm_raises(what: str):
 
 
 def _swallows_exceptions(frame) -> bool:
-  """Whether code running in `frame` is inside a garbage-collector callback or a `__del__`,
-  whose exceptions Python prints and ignores (JAX registers a gc callback; a SIGTERM landing in
-  it was lost once, and the study ran on to exit 0)."""
+  """Whether code running in `frame` is inside a garbage-collector callback, a `__del__` or a
+  weak reference's callback (the standard library's, in weakref.py and _weakrefset.py: JAX's
+  caches are WeakKeyDictionaries), whose exceptions Python prints and ignores (a SIGTERM landing
+  in JAX's gc callback was lost once, and the study ran on to exit 0)."""
   callbacks = {getattr(cb, '__code__', None) for cb in gc.callbacks}
   while frame is not None:
-    if frame.f_code in callbacks or frame.f_code.co_name == '__del__':
+    code = frame.f_code
+    if (code in callbacks or code.co_name == '__del__'
+        or code.co_filename in _WEAKREF_FILES):
       return True
     frame = frame.f_back
   return False
+
+
+_WEAKREF_FILES = frozenset({weakref.__file__, _weakrefset.__file__})
 
 
 def zoo_dir_name(kind: str) -> str:
