@@ -18,9 +18,11 @@ from nws_jax.zoo import trainer as trainer_lib
 from helpers import MemoryWriter
 
 NAMES = ('gratings', 'shapes')
+# test_diverge's architecture: with one model per vmapped chunk and two steps per call, the
+# batch-64 group of two slots runs test_diverge's programs (compiled once per test session).
 BASE = space.ModelConfig(dataset='gratings', lrate=0.004, batch_size=64, batch_norm=True,
                          augmentation=False, optimizer=1, activation=0, initialization=2,
-                         filter_size=5, depth_conv=3, depth_fc=2, width_conv=8, width_fc=128)
+                         filter_size=3, depth_conv=3, depth_fc=2, width_conv=4, width_fc=64)
 # Two groups (batch sizes 64 and 128) of two; patience 1 makes models stop at different epochs.
 CONFIGS = [BASE,
            dataclasses.replace(BASE, optimizer=2, dataset='shapes', activation=3),
@@ -39,7 +41,7 @@ def _run(tiny_datasets, **options):
   sizes = [input_pipeline.balanced_size(d.train_labels) for d in tiny_datasets]
   # One model per vmapped chunk: every slot count runs the same per-model computation, so the
   # results can be compared bit for bit.
-  cfg = trainer_lib.TrainConfig(seed=2, rules=RULES, train_models_per_chunk=1,
+  cfg = trainer_lib.TrainConfig(seed=2, rules=RULES, steps_per_call=2, train_models_per_chunk=1,
                                 eval_models_per_chunk=1, **options)
   trainer = trainer_lib.ZooTrainer(CONFIGS, [0, 1, 2, 3], data, NAMES, sizes, cfg)
   writer = MemoryWriter()
