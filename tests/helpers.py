@@ -70,3 +70,57 @@ class MemoryWriter:
 
   def read(self, number):
     return self.saved[number]
+
+
+# `python -m nws_jax.train_zoo` as a user runs it (test_scale_out*.py): on `devices` virtual CPU
+# devices, with a persistent compilation cache `cache` that keeps every program, so the runs of
+# a module compile each program once.
+
+ZOO_CLI_TIMEOUT_S = 600
+
+
+def zoo_cli_environment(cache, devices):
+  return dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=cache,
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
+              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+
+
+def start_zoo_cli(workdir, cache, *flags, devices=1):
+  import subprocess
+  import sys
+  return subprocess.Popen(
+      [sys.executable, '-m', 'nws_jax.train_zoo', f'--workdir={workdir}', *flags],
+      env=zoo_cli_environment(cache, devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
+
+
+def finish(process):
+  """(return code, stdout, stderr) of `process`, killed after ZOO_CLI_TIMEOUT_S."""
+  import subprocess
+  try:
+    out, err = process.communicate(timeout=ZOO_CLI_TIMEOUT_S)
+  except subprocess.TimeoutExpired:
+    process.kill()
+    out, err = process.communicate()
+  return process.returncode, out, err
+
+
+def run_zoo_cli(workdir, cache, *flags, devices=1):
+  """Runs train_zoo to the end (it must succeed); returns the loaded zoo."""
+  from nws_jax import zoo as zoo_lib
+  code, _, err = finish(start_zoo_cli(workdir, cache, *flags, devices=devices))
+  assert code == 0, err[-3000:]
+  return zoo_lib.load_zoo(str(workdir))
+
+
+def assert_same_zoo(a, b):
+  """Bit for bit: models.csv (but its wall-clock column), every snapshot, the export numbers
+  and the curves."""
+  import numpy as np
+  import pandas as pd
+  pd.testing.assert_frame_equal(a.table.drop(columns=['seconds']),
+                                b.table.drop(columns=['seconds']))
+  np.testing.assert_array_equal(a.snapshots.flat, b.snapshots.flat)
+  np.testing.assert_array_equal(a.export_numbers, b.export_numbers)
+  pd.testing.assert_frame_equal(a.curves, b.curves)

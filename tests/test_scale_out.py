@@ -2,75 +2,36 @@
 and 4 (virtual CPU) devices, two processes on loopback, and a run stopped by SIGTERM and then
 SIGKILL and resumed, each compared with an uninterrupted one-process run.
 
-The runs share a persistent compilation cache, so a program compiles once for the module.
+The runs share a persistent compilation cache, so a program compiles once for the module. A
+random-architecture zoo on 1 and 4 devices is test_scale_out_random.py (a file of its own, so
+that the two halves can run on two pytest workers).
 """
 
 import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from nws_jax import zoo as zoo_lib
+from helpers import ZOO_CLI_TIMEOUT_S
+from helpers import assert_same_zoo
 from helpers import file_state
+from helpers import finish
+from helpers import run_zoo_cli as run
+from helpers import start_zoo_cli as start
 
 # One training program (seed 34 draws batch size 32 for all three models); no early stopping.
 ZOO_FLAGS = ('--num_models=3', '--seed=34', '--datasets=gratings', '--max_epochs=6',
              '--min_epochs=6', '--num_train=600', '--num_test=100', '--eval_size=20',
              '--steps_per_call=16', '--noprogress')
-TIMEOUT_S = 600
 
 
 @pytest.fixture(scope='module')
 def cache(tmp_path_factory):
   return str(tmp_path_factory.mktemp('compilation_cache'))
-
-
-def environment(cache, devices):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-  return env
-
-
-def start(workdir, cache, *flags, devices=1):
-  return subprocess.Popen(
-      [sys.executable, '-m', 'nws_jax.train_zoo', f'--workdir={workdir}', *flags],
-      env=environment(cache, devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(process):
-  try:
-    out, err = process.communicate(timeout=TIMEOUT_S)
-  except subprocess.TimeoutExpired:
-    process.kill()
-    out, err = process.communicate()
-  return process.returncode, out, err
-
-
-def run(workdir, cache, *flags, devices=1):
-  code, out, err = finish(start(workdir, cache, *flags, devices=devices))
-  assert code == 0, err[-3000:]
-  return zoo_lib.load_zoo(str(workdir))
-
-
-def table(zoo):
-  """models.csv without its wall-clock column."""
-  return zoo.table.drop(columns=['seconds'])
-
-
-def assert_same_zoo(a, b):
-  pd.testing.assert_frame_equal(table(a), table(b))
-  np.testing.assert_array_equal(a.snapshots.flat, b.snapshots.flat)
-  np.testing.assert_array_equal(a.export_numbers, b.export_numbers)
-  pd.testing.assert_frame_equal(a.curves, b.curves)
 
 
 @pytest.fixture(scope='module')
@@ -93,7 +54,7 @@ def checkpointed_rounds(workdir):
 
 def wait_for_round(process, workdir, after):
   """Waits until a round later than `after` is checkpointed; returns it."""
-  deadline = time.time() + TIMEOUT_S
+  deadline = time.time() + ZOO_CLI_TIMEOUT_S
   while time.time() < deadline:
     rounds = [r for r in checkpointed_rounds(workdir) if r > after]
     if rounds:
@@ -175,16 +136,3 @@ def test_two_processes_give_the_one_process_zoo(tmp_path, cache, four_devices):
              for _, out, _ in results]
   assert any('snapshots of 3 models' in line for line in printed[0]) and not printed[1]
   assert_same_zoo(zoo_lib.load_zoo(str(workdir)), four_devices)
-
-
-# Model 1 of seed 11 draws filter 7, five conv and four dense layers: XLA:CPU gave it other bits
-# when the devices' programs ran at once (docs/scale-out.md); on the CPU they now run in turn.
-RANDOM_FLAGS = ('--architecture=random', '--num_models=2', '--seed=11', '--max_epochs=2',
-                '--min_epochs=2', '--num_train=600', '--num_test=100', '--eval_size=20',
-                '--noprogress')
-
-
-def test_random_architectures_on_four_devices_give_the_one_device_zoo(tmp_path, cache):
-  one = run(tmp_path / 'one', cache, *RANDOM_FLAGS)
-  four = run(tmp_path / 'four', cache, *RANDOM_FLAGS, devices=4)
-  assert_same_zoo(one, four)
