@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging as python_logging
 import os
 import sys
+import warnings
 from typing import Callable, NoReturn
 
 from absl import flags
@@ -60,15 +61,19 @@ class _QuietBackgroundSaves(python_logging.Filter):
 
 
 class _QuietUnreadReads(python_logging.Filter):
-  """Drops asyncio's report of a future whose error nobody retrieved when that error is a
-  TensorStore read's: a failed Orbax restore of a damaged checkpoint leaves such futures behind,
-  and asyncio logs each whenever it is collected, after (or, in a long-lived process, long after)
-  our one-line error about the same damage."""
+  """Drops asyncio's report of a future or task whose error nobody retrieved when that error is
+  a TensorStore read's or write's: a failed Orbax restore of a damaged checkpoint, or a failed
+  save on a full disk, leaves such futures behind, and asyncio logs each whenever it is
+  collected, after (or, in a long-lived process, long after) our one-line error about the same
+  damage."""
+
+  _REPORTS = ('Future exception was never retrieved', 'Task exception was never retrieved')
+  _SOURCES = ('tensorstore', 'OCDBT database')
 
   def filter(self, record) -> bool:
     message = record.getMessage()
-    return not (message.startswith('Future exception was never retrieved')
-                and 'tensorstore' in message)
+    return not (message.startswith(self._REPORTS)
+                and any(source in message for source in self._SOURCES))
 
 
 def begin(prog: str, argv, required: tuple[str, ...] = ()) -> None:
@@ -88,6 +93,9 @@ def begin(prog: str, argv, required: tuple[str, ...] = ()) -> None:
   absl_logger = logging.get_absl_logger()
   if not any(isinstance(f, _QuietBackgroundSaves) for f in absl_logger.filters):
     absl_logger.addFilter(_QuietBackgroundSaves())
+  # A failed save also leaves Orbax's unstarted chunk writes, which Python reports at exit.
+  warnings.filterwarnings('ignore', message="coroutine 'async_serialize_from_host",
+                          category=RuntimeWarning)
   asyncio_logger = python_logging.getLogger('asyncio')
   if not any(isinstance(f, _QuietUnreadReads) for f in asyncio_logger.filters):
     asyncio_logger.addFilter(_QuietUnreadReads())

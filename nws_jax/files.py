@@ -116,14 +116,19 @@ def no_space_error(error: BaseException, out: str,
 _PARTIAL_NAME = re.compile(r'\..+\.partial-[a-z0-9_]+')  # OutputFolder's hidden folders
 
 
-def remove_folder(folder: str, attempts: int = 5) -> None:
-  """Removes the tree `folder`, checking it is gone: a writer not quite finished (a library's
-  background thread) may add a file while it is being removed. Errors are ignored."""
-  for attempt in range(attempts):
+def remove_folder(folder: str, settle_s: float = 0.5, most_s: float = 10.0) -> None:
+  """Removes the tree `folder` and checks that it stays gone for `settle_s` seconds: a writer not
+  quite finished may still add a file (after a failed Orbax save, TensorStore's own threads,
+  which Python cannot join, finish the writes already started, creating their folders again).
+  Gives up after `most_s` seconds. Errors are ignored."""
+  deadline = time.monotonic() + most_s
+  while True:
     shutil.rmtree(folder, ignore_errors=True)
-    if not os.path.lexists(folder):
+    quiet_until = time.monotonic() + settle_s
+    while not os.path.lexists(folder) and time.monotonic() < quiet_until:
+      time.sleep(0.02)
+    if not os.path.lexists(folder) or time.monotonic() > deadline:
       return
-    time.sleep(0.05 * (attempt + 1))
 
 
 def remove_partial_folders(parent: str) -> list[str]:

@@ -688,6 +688,30 @@ def test_unread_tensorstore_errors_are_dropped_after_the_one_line_error():
   assert quiet.filter(record(
       "Future exception was never retrieved\nfuture: <Future finished exception=KeyError('x')>"))
   assert quiet.filter(record('Task was destroyed but it is pending!'))
+  # What a save that failed on a full disk leaves (seen in test_checkpoint_integrity's stderr).
+  assert not quiet.filter(record(
+      "Task exception was never retrieved\nfuture: <Task finished name='Task-9' coro=<...> "
+      "exception=ValueError('OUT_OF_RANGE: Error writing \"batch_stats.conv2_bn.mean/0.0\" in "
+      "OCDBT database at local file \"/x/.meta.partial-1/checkpoint/\"')>"))
+  assert quiet.filter(record(
+      "Task exception was never retrieved\nfuture: <Task finished exception=KeyError('x')>"))
+
+
+def test_unstarted_orbax_writes_are_not_reported_once_a_command_has_begun(monkeypatch):
+  """A failed save also leaves Orbax's unstarted chunk writes, which Python would report at exit
+  as never-awaited coroutines; other never-awaited coroutines are still reported."""
+  import warnings
+  from absl import logging
+  from nws_jax import cli
+  monkeypatch.setattr(sys, 'unraisablehook', sys.unraisablehook)  # begin() replaces it
+  monkeypatch.setattr(logging, 'set_verbosity', lambda level: None)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    cli.begin('test', ['test'])
+    warnings.warn("coroutine 'async_serialize_from_host.<locals>.write_fragment' was never "
+                  'awaited', RuntimeWarning)
+    warnings.warn("coroutine 'mine' was never awaited", RuntimeWarning)
+  assert [str(w.message) for w in caught] == ["coroutine 'mine' was never awaited"]
 
 
 if __name__ == '__main__':

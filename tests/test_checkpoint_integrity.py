@@ -65,6 +65,31 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path):
   np.testing.assert_array_equal(tree['curves'], np.full((3, 4, 3), 1.0))
 
 
+def test_a_folder_a_late_writer_fills_again_is_removed_for_good(tmp_path):
+  """After a failed Orbax save, TensorStore's own threads may still finish writes they started,
+  creating their folders again after the first removal (a .partial- folder was left so)."""
+  import threading
+  import time
+  from nws_jax import files
+  folder = tmp_path / '.meta.partial-x'
+  (folder / 'checkpoint').mkdir(parents=True)
+  removed = threading.Event()
+
+  def late_writer():
+    while folder.exists():
+      time.sleep(0.005)
+    removed.set()
+    time.sleep(0.1)
+    (folder / 'checkpoint' / 'd').mkdir(parents=True)
+    (folder / 'checkpoint' / 'd' / 'chunk').write_bytes(b'late')
+
+  writer = threading.Thread(target=late_writer)
+  writer.start()
+  files.remove_folder(str(folder))
+  writer.join()
+  assert removed.is_set() and not folder.exists()
+
+
 # `python -m MODULE ARGS` in a process whose writes past LIMIT bytes fail (EFBIG), as on a full
 # disk; its stderr goes to a pipe, which the limit leaves alone.
 FULL_DISK = textwrap.dedent('''
