@@ -82,3 +82,20 @@ def synthetic_zoo_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp('synthetic') / 'zoo')
   write_synthetic_zoo(path)
   return path
+
+
+# The files that take longest (seconds on the 2-core machine, `--durations=0`, 2026-12-01), run
+# first: pytest-xdist hands each worker whole files (--dist loadfile) in collection order
+# (--no-loadscope-reorder, setup.cfg), and a long file started last leaves the other worker idle
+# at the end. Longest first keeps both workers busy to the end.
+LONGEST_FILES = ('test_scale_out.py', 'test_scale_out_random.py', 'test_packing.py',
+                 'test_refill.py', 'test_train_meta_cli.py', 'test_experiments.py',
+                 'test_trainer.py', 'test_notebooks.py', 'test_bench_zoo.py', 'test_mixed_zoo.py',
+                 'test_meta_release.py', 'test_zoo.py', 'test_original_eval.py',
+                 'test_bench_meta_io.py', 'test_cnn.py', 'test_train_zoo_cli.py')
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+  order = {id(item): i for i, item in enumerate(items)}
+  items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), order[id(item)]))

@@ -25,7 +25,7 @@ from helpers import start_zoo_cli as start
 
 # One training program (seed 34 draws batch size 32 for all three models); no early stopping.
 ZOO_FLAGS = ('--num_models=3', '--seed=34', '--datasets=gratings', '--max_epochs=6',
-             '--min_epochs=6', '--num_train=600', '--num_test=100', '--eval_size=20',
+             '--min_epochs=6', '--num_train=300', '--num_test=100', '--eval_size=20',
              '--steps_per_call=16', '--noprogress')
 
 
