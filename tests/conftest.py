@@ -84,10 +84,10 @@ def synthetic_zoo_dir(tmp_path_factory):
   return path
 
 
-# The files that take longest (seconds on the 2-core machine, `--durations=0`, 2026-12-01), run
-# first: pytest-xdist hands each worker whole files (--dist loadfile) in collection order
-# (--no-loadscope-reorder, setup.cfg), and a long file started last leaves the other worker idle
-# at the end. Longest first keeps both workers busy to the end.
+# The files that take longest, longest first (their time in `--durations=0` on the 2-core
+# machine, 2026-12-01), run first: pytest-xdist hands each worker whole files (--dist loadfile)
+# in collection order (--no-loadscope-reorder, setup.cfg), and its default order (most tests
+# first) started the two scale-out files last, leaving the other worker idle at the end.
 LONGEST_FILES = ('test_scale_out.py', 'test_scale_out_random.py', 'test_packing.py',
                  'test_refill.py', 'test_train_meta_cli.py', 'test_experiments.py',
                  'test_trainer.py', 'test_notebooks.py', 'test_bench_zoo.py', 'test_mixed_zoo.py',

@@ -74,7 +74,7 @@ def test_models_stop_at_different_epochs_and_all_finish(runs):
   assert result.rounds == epochs.max()
 
 
-def test_one_slot_runs_each_groups_models_one_after_another(runs):
+def test_one_slot_runs_a_groups_models_one_after_another(runs):
   result, _, _, rounds = runs['one slot']
   e = result.stopping.epochs
   expected = [0 if r < e[0] else 1 if r < e[0] + e[1] else -1
