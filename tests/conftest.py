@@ -76,6 +76,13 @@ def write_synthetic_zoo(workdir, num_models=40, weightn_conv=80, weightn_fc=120,
   return table
 
 
+@pytest.fixture(scope='module')
+def zoo_cli_cache(tmp_path_factory):
+  """A persistent compilation cache folder for one module's train_zoo command lines
+  (`helpers.start_zoo_cli`), so that its runs compile each program once."""
+  return str(tmp_path_factory.mktemp('compilation_cache'))
+
+
 @pytest.fixture(scope='session')
 def synthetic_zoo_dir(tmp_path_factory):
   """Path of a 40-model synthetic zoo (see write_synthetic_zoo), shared by the session."""

@@ -30,18 +30,14 @@ ZOO_FLAGS = ('--num_models=3', '--seed=34', '--datasets=gratings', '--max_epochs
 
 
 @pytest.fixture(scope='module')
-def cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('compilation_cache'))
+def one_device(tmp_path_factory, zoo_cli_cache):
+  return run(tmp_path_factory.mktemp('one_device') / 'zoo', zoo_cli_cache, *ZOO_FLAGS)
 
 
 @pytest.fixture(scope='module')
-def one_device(tmp_path_factory, cache):
-  return run(tmp_path_factory.mktemp('one_device') / 'zoo', cache, *ZOO_FLAGS)
-
-
-@pytest.fixture(scope='module')
-def four_devices(tmp_path_factory, cache):
-  return run(tmp_path_factory.mktemp('four_devices') / 'zoo', cache, *ZOO_FLAGS, devices=4)
+def four_devices(tmp_path_factory, zoo_cli_cache):
+  return run(tmp_path_factory.mktemp('four_devices') / 'zoo', zoo_cli_cache, *ZOO_FLAGS,
+             devices=4)
 
 
 def checkpointed_rounds(workdir):
@@ -64,10 +60,10 @@ def wait_for_round(process, workdir, after):
   raise AssertionError('no checkpoint appeared')
 
 
-def test_sigterm_then_sigkill_then_resume_gives_the_uninterrupted_zoo(tmp_path, cache,
+def test_sigterm_then_sigkill_then_resume_gives_the_uninterrupted_zoo(tmp_path, zoo_cli_cache,
                                                                        four_devices):
   workdir = tmp_path / 'zoo'
-  process = start(workdir, cache, *ZOO_FLAGS, devices=4)
+  process = start(workdir, zoo_cli_cache, *ZOO_FLAGS, devices=4)
   wait_for_round(process, workdir, after=0)
   process.send_signal(signal.SIGTERM)
   code, _, err = finish(process)
@@ -78,7 +74,7 @@ def test_sigterm_then_sigkill_then_resume_gives_the_uninterrupted_zoo(tmp_path, 
 
   # A flag that differs from the saved run is refused, and nothing changes.
   before = file_state(workdir)
-  code, _, err = finish(start(workdir, cache, '--resume', '--seed=35', devices=4))
+  code, _, err = finish(start(workdir, zoo_cli_cache, '--resume', '--seed=35', devices=4))
   assert code == 2 and 'Traceback' not in err
   assert 'it was started with seed=34' in err.strip().splitlines()[-1]
   assert file_state(workdir) == before
@@ -92,20 +88,20 @@ def test_sigterm_then_sigkill_then_resume_gives_the_uninterrupted_zoo(tmp_path, 
       with open(path, 'r+b') as f:
         f.truncate(os.path.getsize(path) // 2)
   before = file_state(damaged)
-  code, _, err = finish(start(damaged, cache, '--resume', devices=4))
+  code, _, err = finish(start(damaged, zoo_cli_cache, '--resume', devices=4))
   assert code == 2 and 'Traceback' not in err, err[-3000:]
   assert 'train_zoo: error: cannot resume: the checkpoint' in err.strip().splitlines()[-1]
   assert file_state(damaged) == before
 
   # Resumed with the saved flags alone; killed outright once it has moved on.
-  process = start(workdir, cache, '--resume', '--noprogress', devices=4)
+  process = start(workdir, zoo_cli_cache, '--resume', '--noprogress', devices=4)
   wait_for_round(process, workdir, after=stopped_at)
   process.send_signal(signal.SIGKILL)
   code, _, _ = finish(process)
   assert code == -signal.SIGKILL
   assert not os.path.exists(workdir / zoo_lib.MODELS_FILE), 'the run ended before the kill'
 
-  resumed = run(workdir, cache, '--resume', '--noprogress', devices=4)
+  resumed = run(workdir, zoo_cli_cache, '--resume', '--noprogress', devices=4)
   assert_same_zoo(resumed, four_devices)
 
 
@@ -121,10 +117,10 @@ def free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_give_the_one_process_zoo(tmp_path, cache, four_devices):
+def test_two_processes_give_the_one_process_zoo(tmp_path, zoo_cli_cache, four_devices):
   workdir = tmp_path / 'zoo'
   address = f'127.0.0.1:{free_port()}'
-  processes = [start(workdir, cache, *ZOO_FLAGS, f'--coordinator_address={address}',
+  processes = [start(workdir, zoo_cli_cache, *ZOO_FLAGS, f'--coordinator_address={address}',
                      '--num_processes=2', f'--process_id={i}', devices=2) for i in range(2)]
   results = [finish(p) for p in processes]
   for code, _, err in results:

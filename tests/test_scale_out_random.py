@@ -2,8 +2,6 @@
 (virtual CPU) devices: bit for bit the same zoo (the fixed-architecture runs are
 test_scale_out.py)."""
 
-import pytest
-
 from helpers import assert_same_zoo
 from helpers import run_zoo_cli as run
 
@@ -18,15 +16,10 @@ RANDOM_FLAGS = ('--architecture=random', '--num_models=1', '--seed=146355', '--m
                 '--noprogress')
 
 
-@pytest.fixture(scope='module')
-def cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('compilation_cache'))
-
-
-def test_random_architectures_on_four_devices_give_the_one_device_zoo(tmp_path, cache):
-  one = run(tmp_path / 'one', cache, *RANDOM_FLAGS)
+def test_random_architectures_on_four_devices_give_the_one_device_zoo(tmp_path, zoo_cli_cache):
+  one = run(tmp_path / 'one', zoo_cli_cache, *RANDOM_FLAGS)
   assert (one.table[['filter_size', 'depth_conv', 'depth_fc', 'width_conv', 'width_fc',
                      'batch_size', 'optimizer', 'activation', 'augmentation']].values.tolist()
           == [[7, 5, 4, 12, 128, 32, 2, 1, True]])
-  four = run(tmp_path / 'four', cache, *RANDOM_FLAGS, devices=4)
+  four = run(tmp_path / 'four', zoo_cli_cache, *RANDOM_FLAGS, devices=4)
   assert_same_zoo(one, four)
